@@ -1,0 +1,3 @@
+"""irn_batch: invertible image rescaling at scale."""
+
+__version__ = "0.1.0"
