@@ -1,0 +1,200 @@
+"""HR image <-> LR PNG file: the single place where both directions happen.
+
+The CLI and the Ray pipeline both call ``downscale_image``/``restore_image``, so a restore gives the
+same bytes whichever of them made or reads the LR.
+
+LR file: an 8-bit RGB PNG (RGBA when the source had alpha) of size ceil(W/s) x ceil(H/s), with
+tEXt chunks ``irn_batch:*`` recording the model id, scale, original size, z seed, alpha flag and the
+source's PIL mode (see ``LRMeta``). The image is mirror-padded to a multiple of the scale before the
+network and the restore is cropped back to the original size. z is never stored: it is drawn again
+on the CPU from the seed, for the whole LR at once, so tiling never changes it.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from irn_batch.checkpoint import Checkpoint
+from irn_batch.imageio import DecodedImage, ImageError, decode_image, encode_png, read_png_text
+from irn_batch.metrics import bicubic_resize
+from irn_batch.transforms import crop_to, pad_to_multiple, sample_z
+
+PREFIX = "irn_batch:"
+LR_FORMAT = "irn_batch-lr/1"
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class LRMeta:
+    """What an LR PNG records about itself, as PNG text chunks."""
+
+    model_id: str
+    scale: int
+    width: int  # original (HR) size
+    height: int
+    z_seed: int
+    has_alpha: bool
+    source_mode: str
+
+    def to_text(self) -> dict[str, str]:
+        return {
+            PREFIX + "format": LR_FORMAT,
+            PREFIX + "model_id": self.model_id,
+            PREFIX + "scale": str(self.scale),
+            PREFIX + "width": str(self.width),
+            PREFIX + "height": str(self.height),
+            PREFIX + "z_seed": str(self.z_seed),
+            PREFIX + "has_alpha": "1" if self.has_alpha else "0",
+            PREFIX + "source_mode": self.source_mode,
+        }
+
+    @classmethod
+    def from_text(cls, d: dict[str, str]) -> LRMeta:
+        """Parse the text chunks of an LR PNG; ImageError when they are missing or invalid."""
+        if d.get(PREFIX + "format") != LR_FORMAT:
+            raise ImageError("not an irn_batch LR image (no irn_batch metadata in the PNG)")
+        try:
+            meta = cls(
+                model_id=d[PREFIX + "model_id"],
+                scale=int(d[PREFIX + "scale"]),
+                width=int(d[PREFIX + "width"]),
+                height=int(d[PREFIX + "height"]),
+                z_seed=int(d[PREFIX + "z_seed"]),
+                has_alpha={"1": True, "0": False}[d[PREFIX + "has_alpha"]],
+                source_mode=d.get(PREFIX + "source_mode", "?"),
+            )
+        except (KeyError, ValueError) as e:
+            raise ImageError(f"not an irn_batch LR image (metadata missing or invalid: {e})") from e
+        if meta.scale < 2 or meta.width < 1 or meta.height < 1 or not meta.model_id:
+            raise ImageError("not an irn_batch LR image (metadata out of range)")
+        return meta
+
+    @property
+    def lr_size(self) -> tuple[int, int]:
+        """(width, height) of the LR image."""
+        return -(-self.width // self.scale), -(-self.height // self.scale)
+
+
+def content_seed(data: bytes) -> int:
+    """A deterministic z seed from the source bytes: the first 8 bytes of their sha256, as an int63."""
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "big") & (2**63 - 1)
+
+
+def _tiling():
+    """irn_batch.tiling if it is importable (it is optional at import time of this module)."""
+    try:
+        return importlib.import_module("irn_batch.tiling")
+    except ImportError:
+        return None
+
+
+def _device(ckpt: Checkpoint) -> torch.device:
+    return next(ckpt.model.parameters()).device
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _run(
+    tiled: Callable | None, whole: Callable, hr_side: int, tile: int | None, device: torch.device, precision: str
+) -> torch.Tensor:
+    """Run tiled when the image is bigger than one tile and tiling exists, else whole; float32 on CPU."""
+    tiling = _tiling()
+    limit = tile if tile is not None else (tiling.DEFAULT_TILE if tiling is not None else None)
+    with torch.inference_mode():
+        if tiling is not None and limit is not None and hr_side > limit:
+            return tiled(tiling, limit)
+        with _autocast(device, precision):
+            return whole().float().cpu()
+
+
+def downscale_image(
+    ckpt: Checkpoint, img: DecodedImage, *, z_seed: int, tile: int | None = None, precision: str = "fp32"
+) -> tuple[bytes, LRMeta]:
+    """DecodedImage -> (LR PNG bytes, its LRMeta). Runs on the model's device."""
+    model, s = ckpt.model, ckpt.model.scale
+    device = _device(ckpt)
+    hr = pad_to_multiple(torch.from_numpy(img.rgb).permute(2, 0, 1)[None], s)  # (1, 3, H', W')
+    hp, wp = hr.shape[-2:]
+    lr = _run(
+        lambda t, size: t.downscale_tiled(model, hr.to(device), tile=size, precision=precision),
+        lambda: model.downscale(hr.to(device), quantize=False)[0],
+        max(hp, wp),
+        tile,
+        device,
+        precision,
+    )
+    meta = LRMeta(ckpt.model_id, s, img.width, img.height, int(z_seed), img.alpha is not None, img.mode)
+    w_lr, h_lr = meta.lr_size
+    lr = crop_to(lr, h_lr, w_lr)
+    planes = [lr[0]]
+    if img.alpha is not None:
+        alpha = pad_to_multiple(torch.from_numpy(img.alpha)[None, None], s)
+        planes.append(bicubic_resize(alpha, (hp // s, wp // s))[0, :, :h_lr, :w_lr])
+    pixels = torch.cat(planes, 0).clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
+    return encode_png(pixels.permute(1, 2, 0).numpy(), meta.to_text()), meta
+
+
+def read_lr(lr_png: bytes) -> tuple[LRMeta, DecodedImage]:
+    """Parse and validate an LR PNG: its metadata and its pixels."""
+    meta = LRMeta.from_text(read_png_text(lr_png))
+    img = decode_image(lr_png)
+    if (img.width, img.height) != meta.lr_size:
+        raise ImageError(
+            f"LR is {img.width}x{img.height} but its metadata says {meta.lr_size[0]}x{meta.lr_size[1]}"
+        )
+    if (img.alpha is not None) != meta.has_alpha:
+        raise ImageError("LR alpha channel does not match its metadata")
+    return meta, img
+
+
+def restore_image(
+    ckpt: Checkpoint,
+    lr_png: bytes,
+    *,
+    temperature: float | None = None,
+    z_seed: int | None = None,
+    tile: int | None = None,
+    precision: str = "fp32",
+) -> np.ndarray:
+    """LR PNG bytes -> (H, W, 3|4) uint8 at exactly the original size."""
+    meta, img = read_lr(lr_png)
+    if meta.model_id != ckpt.model_id:
+        raise ImageError(
+            f"LR was made by model {meta.model_id}, but the loaded model is {ckpt.model_id}; "
+            "pass the matching checkpoint with --model"
+        )
+    model, s = ckpt.model, ckpt.model.scale
+    if meta.scale != s:  # cannot happen with matching ids, but a clear message beats a shape error
+        raise ImageError(f"LR is x{meta.scale} but the model is x{s}")
+    device = _device(ckpt)
+    temperature = ckpt.default_temperature if temperature is None else float(temperature)
+    seed = meta.z_seed if z_seed is None else int(z_seed)
+    lr = torch.from_numpy(img.rgb).permute(2, 0, 1)[None]  # (1, 3, h, w), exact k/255 values
+    z = sample_z(model.z_shape(lr), temperature, seed=seed)  # whole LR on the CPU: tiling never changes z
+    h, w = lr.shape[-2:]
+    hr = _run(
+        lambda t, size: t.upscale_tiled(model, lr.to(device), z.to(device), tile=size, precision=precision),
+        lambda: model.upscale(lr.to(device), z=z.to(device)),
+        max(h, w) * s,
+        tile,
+        device,
+        precision,
+    )
+    planes = [crop_to(hr[0], meta.height, meta.width)]
+    if img.alpha is not None:
+        alpha = bicubic_resize(torch.from_numpy(img.alpha)[None, None], (h * s, w * s))
+        planes.append(crop_to(alpha[0], meta.height, meta.width))
+    pixels = torch.cat(planes, 0).clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
+    return pixels.permute(1, 2, 0).numpy()
