@@ -1,0 +1,152 @@
+"""Parquet manifests: one row per input and attempt, written in parts per job, read as one dataset.
+
+Layout: ``<dir>/<job_id>-part-<n>.parquet``. Job ids are unique (UTC time + random), so two jobs never
+write the same part, and each part is written atomically, so a killed job leaves only whole parts.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import time
+import uuid
+from typing import Any, Iterable
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from irn_batch.storage import atomic_write
+
+_TIMINGS = [("read_s", pa.float64()), ("decode_s", pa.float64()), ("model_s", pa.float64()),
+            ("write_s", pa.float64()), ("total_s", pa.float64())]
+
+INGEST_SCHEMA = pa.schema(
+    [
+        ("job_id", pa.string()),
+        ("key", pa.string()),
+        ("source_uri", pa.string()),
+        ("source_bytes", pa.int64()),
+        ("source_sha256", pa.string()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("mode", pa.string()),
+        ("lr_uri", pa.string()),
+        ("lr_bytes", pa.int64()),
+        ("lr_sha256", pa.string()),
+        ("scale", pa.int64()),
+        ("model_id", pa.string()),
+        ("z_seed", pa.int64()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        *_TIMINGS,
+        ("finished_at", pa.float64()),
+    ]
+)
+
+RESTORE_SCHEMA = pa.schema(
+    [
+        ("job_id", pa.string()),
+        ("key", pa.string()),
+        ("lr_uri", pa.string()),
+        ("lr_bytes", pa.int64()),
+        ("lr_sha256", pa.string()),
+        ("out_uri", pa.string()),
+        ("out_bytes", pa.int64()),
+        ("out_sha256", pa.string()),
+        ("format", pa.string()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("model_id", pa.string()),
+        ("z_seed", pa.int64()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        *_TIMINGS,
+        ("finished_at", pa.float64()),
+    ]
+)
+
+MANIFEST_DIR = "_manifest"
+
+
+def new_job_id(kind: str) -> str:
+    """A unique, sortable job id such as 'ingest-20261125T021500Z-1a2b3c4d'."""
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{kind}-{now}-{uuid.uuid4().hex[:8]}"
+
+
+def empty_row(schema: pa.Schema, **values: Any) -> dict[str, Any]:
+    """A row with every column of ``schema`` (None where not given); unknown names are an error."""
+    unknown = set(values) - set(schema.names)
+    if unknown:
+        raise KeyError(f"not manifest columns: {sorted(unknown)}")
+    row = dict.fromkeys(schema.names)
+    row.update(values)
+    return row
+
+
+def to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pylist([{n: r.get(n) for n in schema.names} for r in rows], schema=schema)
+
+
+def write_part(fs: fsspec.AbstractFileSystem, manifest_dir: str, job_id: str, part: int, table: pa.Table) -> str:
+    """Atomically write one part; returns its path."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    path = f"{manifest_dir.rstrip('/')}/{job_id}-part-{part:05d}.parquet"
+    atomic_write(fs, path, buf.getvalue())
+    return path
+
+
+def part_paths(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
+    """The Parquet parts behind a manifest path: a single file, or every part in a directory."""
+    if fs.isfile(path):
+        return [path]
+    if not fs.isdir(path):
+        return []
+    return sorted(
+        p for p in fs.find(path.rstrip("/"), withdirs=False)
+        if p.endswith(".parquet") and not p.rsplit("/", 1)[-1].startswith(".")
+    )
+
+
+def read_manifest(fs: fsspec.AbstractFileSystem, path: str, schema: pa.Schema | None = None) -> pa.Table:
+    """All parts as one table (empty with ``schema`` when there are none)."""
+    tables = []
+    for p in part_paths(fs, path):
+        with fs.open(p, "rb") as f:
+            tables.append(pq.read_table(f))
+    if not tables:
+        return (schema or INGEST_SCHEMA).empty_table()
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def latest_rows(table: pa.Table, key: str = "source_uri") -> dict[str, dict[str, Any]]:
+    """The most recent attempt per ``key`` value (by ``finished_at``), as plain dicts."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in sorted(table.to_pylist(), key=lambda r: (r.get("finished_at") or 0.0)):
+        out[row[key]] = row
+    return out
+
+
+class ManifestWriter:
+    """Buffers rows and writes a part every ``rows_per_part`` rows or ``seconds`` seconds."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, manifest_dir: str, job_id: str, schema: pa.Schema,
+                 rows_per_part: int = 1000, seconds: float = 30.0):
+        self.fs, self.dir, self.job_id, self.schema = fs, manifest_dir, job_id, schema
+        self.rows_per_part, self.seconds = rows_per_part, seconds
+        self.buffer: list[dict[str, Any]] = []
+        self.parts: list[str] = []
+        self.last_flush = time.monotonic()
+
+    def add(self, rows: Iterable[dict[str, Any]]) -> None:
+        self.buffer.extend(rows)
+        if len(self.buffer) >= self.rows_per_part or time.monotonic() - self.last_flush > self.seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            table = to_table(self.buffer, self.schema)
+            self.parts.append(write_part(self.fs, self.dir, self.job_id, len(self.parts), table))
+            self.buffer = []
+        self.last_flush = time.monotonic()

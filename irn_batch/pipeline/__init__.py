@@ -1,0 +1,1 @@
+"""Ray batch pipeline: ingest (HR -> LR + manifest), restore (LR -> HR) and verify over fsspec storage."""

@@ -1,0 +1,192 @@
+"""Pieces shared by ingest and restore: Ray start-up, the model bytes, the read stage, summaries."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import ray
+
+from irn_batch.checkpoint import CheckpointError, checkpoint_from_bytes, default_weights_path
+from irn_batch.pipeline.config import ActorConfig, RayConfig
+from irn_batch.storage import StorageConfig, open_fs, read_limited, sha256_hex
+
+
+def init_ray(rc: RayConfig) -> None:
+    """Connect to ``rc.address`` / RAY_ADDRESS (set by ``ray job submit``), else start an embedded Ray.
+
+    ``address="local"`` matters: a bare ``ray.init()`` would attach to any cluster that happens to run on
+    this machine.
+    """
+    if ray.is_initialized():
+        return
+    address = rc.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(address="local", num_cpus=rc.num_cpus, include_dashboard=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # the drivers print their own progress lines
+    ctx.print_on_execution_start = False
+
+
+def load_model_bytes(model: str | None, scale: int, storage: StorageConfig) -> tuple[bytes, str, int]:
+    """(checkpoint bytes, model id, scale), read once by the driver and shipped to every actor."""
+    if model is None:
+        path = default_weights_path(scale)
+        if not path.is_file():
+            raise CheckpointError(
+                f"default weights {path} are missing (they are still being trained); pass model=PATH_OR_URL"
+            )
+        data, name = path.read_bytes(), str(path)
+    else:
+        fs, p = open_fs(model, storage)
+        try:
+            data = fs.cat_file(p)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{model}: cannot read checkpoint ({e})") from e
+        name = model
+    ckpt = checkpoint_from_bytes(data, name)
+    return data, ckpt.model_id, ckpt.model.scale
+
+
+def pool_size(ac: ActorConfig, n_items: int) -> int:
+    """Actors to start: configured, else as many as the cluster's CPUs (or GPUs) allow, at most one per item."""
+    if ac.pool_size:
+        return max(1, min(ac.pool_size, max(n_items, 1)))
+    res = ray.cluster_resources()
+    if ac.num_gpus > 0:
+        n = int(res.get("GPU", 0) // ac.num_gpus)
+    else:
+        n = int(res.get("CPU", 1) // max(ac.num_cpus, 1e-3))
+    return max(1, min(n, max(n_items, 1)))
+
+
+def set_threads(num_cpus: float) -> None:
+    """Torch intra-op threads = the CPUs Ray gave this actor (Ray only sets OMP_NUM_THREADS)."""
+    import torch
+
+    torch.set_num_threads(max(1, int(num_cpus)))
+
+
+def items_dataset(items: list[dict[str, Any]], schema: pa.Schema, n_blocks: int) -> "ray.data.Dataset":
+    """Work items as a dataset of ``n_blocks`` Arrow blocks with one fixed schema (no null-typed columns)."""
+    table = pa.Table.from_pylist(items, schema=schema)
+    step = -(-len(items) // n_blocks)
+    return ray.data.from_arrow([table.slice(i, step) for i in range(0, len(items), step)])
+
+
+READ_SCHEMA_EXTRA = [("data", pa.large_binary()), ("read_s", pa.float64()), ("pre_error", pa.string()),
+                     ("skip", pa.bool_())]
+
+
+def read_stage(batch: pa.Table, storage: StorageConfig, max_bytes: int, uri_col: str) -> pa.Table:
+    """Add each record's bytes (or a read error) to the stream, one record at a time.
+
+    A record with ``check_sha`` set is first compared against the object at ``check_uri``: when that
+    object exists with that checksum the record is marked ``skip`` and its source is not read.
+    """
+    rows = batch.to_pylist()
+    data, times, errors, skips = [], [], [], []
+    for r in rows:
+        t0 = time.perf_counter()
+        blob, err, skip = None, r.get("pre_error"), False
+        if err is None and r.get("check_sha"):
+            try:
+                fs, p = open_fs(r["check_uri"], storage)
+                skip = fs.exists(p) and sha256_hex(fs.cat_file(p)) == r["check_sha"]
+            except Exception:  # an unreadable previous output just means: redo it
+                skip = False
+        if err is None and not skip:
+            try:
+                fs, p = open_fs(r[uri_col], storage)
+                blob = read_limited(fs, p, max_bytes)
+            except FileNotFoundError:
+                err = "read: object not found"
+            except Exception as e:  # one unreadable object must not stop the stream
+                err = f"read: {one_line(e)}"
+        data.append(blob)
+        times.append(time.perf_counter() - t0)
+        errors.append(err)
+        skips.append(skip)
+    out = batch.drop_columns([c for c in ("pre_error",) if c in batch.column_names])
+    for (name, typ), col in zip(READ_SCHEMA_EXTRA, (data, times, errors, skips)):
+        out = out.append_column(pa.field(name, typ), pa.array(col, type=typ))
+    return out
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one short line: 'Type: message' (or just the message for our own errors)."""
+    msg = " ".join(str(e).split()) or type(e).__name__
+    if type(e).__name__ in ("ImageError", "StorageError", "CheckpointError", "RescaleError"):
+        return msg[:500]
+    return f"{type(e).__name__}: {msg}"[:500]
+
+
+@dataclass
+class Summary:
+    """Counters a job prints at the end (and periodically as progress)."""
+
+    kind: str
+    total: int
+    ok: int = 0
+    error: int = 0
+    skipped: int = 0
+    pixels: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    started: float = field(default_factory=time.monotonic)
+    wall_s: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, row: dict[str, Any], bytes_in: int | None, bytes_out: int | None) -> None:
+        if row["status"] == "ok":
+            self.ok += 1
+            self.pixels += int(row.get("width") or 0) * int(row.get("height") or 0)
+            self.bytes_in += int(bytes_in or 0)
+            self.bytes_out += int(bytes_out or 0)
+        elif row["status"] == "skipped":
+            self.skipped += 1
+        else:
+            self.error += 1
+            if len(self.errors) < 1000:
+                self.errors.append(f"{row.get('source_uri') or row.get('lr_uri')}: {row.get('error')}")
+
+    @property
+    def done(self) -> int:
+        return self.ok + self.error + self.skipped
+
+    def progress_line(self) -> str:
+        el = max(time.monotonic() - self.started, 1e-9)
+        return (f"{self.kind}: {self.done}/{self.total} done (ok {self.ok}, error {self.error}, "
+                f"skipped {self.skipped}), {self.pixels / 1e6 / el:.2f} MP/s, {el:.0f} s")
+
+    def finish(self) -> dict[str, Any]:
+        self.wall_s = time.monotonic() - self.started
+        return self.as_dict()
+
+    def as_dict(self) -> dict[str, Any]:
+        mp = self.pixels / 1e6
+        return {
+            "kind": self.kind, "total": self.total, "ok": self.ok, "error": self.error, "skipped": self.skipped,
+            "megapixels": round(mp, 4), "mp_per_s": round(mp / self.wall_s, 4) if self.wall_s else None,
+            "images_per_s": round(self.ok / self.wall_s, 4) if self.wall_s else None,
+            "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
+            "storage_saved": round(1 - self.bytes_out / self.bytes_in, 4) if self.bytes_in else None,
+            "wall_s": round(self.wall_s, 3),
+        }
+
+    def print(self, file=sys.stdout) -> None:
+        d = self.as_dict()
+        print(f"== {self.kind} summary ==", file=file)
+        for k in ("total", "ok", "error", "skipped", "megapixels", "mp_per_s", "images_per_s", "bytes_in",
+                  "bytes_out", "storage_saved", "wall_s"):
+            print(f"  {k:<14} {d[k]}", file=file)
+        for line in self.errors[:50]:
+            print(f"  error  {line}", file=file)
+        if len(self.errors) > 50:
+            print(f"  ... and {len(self.errors) - 50} more errors (see the manifest)", file=file)
+        file.flush()

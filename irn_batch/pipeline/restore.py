@@ -1,0 +1,177 @@
+"""On-demand restore: LR PNGs (from a manifest or an LR prefix) -> HR images at their original size.
+
+Same stream shape as ingest: items -> read stage (LR bytes) -> model actors (checksum, model id, restore
+with the recorded z seed, encode, atomic write) -> restore-manifest rows written by the driver.
+"""
+from __future__ import annotations
+
+import fnmatch
+import time
+from typing import Any
+
+import pyarrow as pa
+import ray
+
+from irn_batch.manifest import MANIFEST_DIR, RESTORE_SCHEMA, ManifestWriter, empty_row, latest_rows, new_job_id
+from irn_batch.manifest import part_paths, read_manifest, to_table
+from irn_batch.pipeline.common import Summary, init_ray, items_dataset, load_model_bytes, one_line, pool_size
+from irn_batch.pipeline.common import read_stage, set_threads
+from irn_batch.pipeline.config import RestoreConfig
+from irn_batch.storage import StorageError, atomic_write, derived_key, join_key, list_keys, open_fs, safe_key
+from irn_batch.storage import sha256_hex, to_uri
+
+FORMATS = {"png": ".png", "jpeg": ".jpg", "jpg": ".jpg", "webp": ".webp"}
+ITEM_SCHEMA = pa.schema([("key", pa.string()), ("lr_uri", pa.string()), ("out_uri", pa.string()),
+                         ("lr_sha256", pa.string()), ("model_id", pa.string()), ("z_seed", pa.int64()),
+                         ("width", pa.int64()), ("height", pa.int64()), ("check_uri", pa.string()),
+                         ("check_sha", pa.string()), ("pre_error", pa.string())])
+
+
+class RestoreError(ValueError):
+    """A restore request that cannot run at all (no such input, wrong model)."""
+
+
+class RestoreActor:
+    """Holds one IRN; LR bytes -> HR image object + a restore-manifest row."""
+
+    def __init__(self, ckpt_bytes: bytes, cfg: RestoreConfig, job_id: str):
+        set_threads(cfg.actors.num_cpus)
+        import torch
+
+        from irn_batch.checkpoint import checkpoint_from_bytes
+
+        self.ckpt = checkpoint_from_bytes(ckpt_bytes)
+        if cfg.actors.num_gpus > 0 and torch.cuda.is_available():
+            self.ckpt.model.to("cuda")
+        self.cfg, self.job_id = cfg, job_id
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return to_table([self.one(r) for r in batch.to_pylist()], RESTORE_SCHEMA)
+
+    def one(self, rec: dict[str, Any]) -> dict[str, Any]:
+        from irn_batch.imageio import encode_image
+        from irn_batch.rescale import restore_image
+
+        cfg = self.cfg
+        row = empty_row(RESTORE_SCHEMA, job_id=self.job_id, key=rec["key"], lr_uri=rec["lr_uri"],
+                        lr_sha256=rec["lr_sha256"], out_uri=rec["out_uri"], format=cfg.format,
+                        model_id=self.ckpt.model_id, z_seed=rec["z_seed"], read_s=rec["read_s"])
+        t0 = time.perf_counter()
+        data, stage = rec["data"], "restore"
+        try:
+            if rec["pre_error"] is not None or data is None:
+                raise StorageError(rec["pre_error"] or "read: no data")
+            got = sha256_hex(data)
+            if rec["lr_sha256"] and got != rec["lr_sha256"]:
+                raise StorageError(f"LR checksum mismatch: manifest has {rec['lr_sha256'][:16]}..., "
+                                   f"object has {got[:16]}... (modified or corrupt)")
+            row.update(lr_sha256=got, lr_bytes=len(data))
+            pixels = restore_image(self.ckpt, data, temperature=cfg.temperature, z_seed=rec["z_seed"],
+                                   tile=cfg.actors.tile, precision=cfg.actors.precision)
+            h, w = pixels.shape[:2]
+            if rec["width"] is not None and (w, h) != (rec["width"], rec["height"]):
+                raise StorageError(f"restored {w}x{h}, manifest says {rec['width']}x{rec['height']}")
+            row.update(width=w, height=h, model_s=time.perf_counter() - t0)
+            stage, t1 = "write", time.perf_counter()
+            out = encode_image(pixels, cfg.format, cfg.quality)
+            fs, path = open_fs(rec["out_uri"], cfg.storage)
+            atomic_write(fs, path, out)
+            row.update(out_bytes=len(out), out_sha256=sha256_hex(out), write_s=time.perf_counter() - t1,
+                       status="ok")
+        except Exception as e:  # one bad LR becomes its own error row
+            msg = one_line(e)
+            row.update(status="error", out_uri=None, error=msg if msg.startswith("read:") else f"{stage}: {msg}")
+        row.update(total_s=(rec["read_s"] or 0.0) + time.perf_counter() - t0, finished_at=time.time())
+        return row
+
+
+def _manifest_path(fs, path: str) -> str | None:
+    """The manifest behind ``path``: a Parquet file, a folder of parts, or an ingest output's _manifest."""
+    if fs.isfile(path):
+        return path if path.endswith(".parquet") else None
+    sub = f"{path.rstrip('/')}/{MANIFEST_DIR}"
+    if fs.isdir(sub) and part_paths(fs, sub):
+        return sub
+    if fs.isdir(path) and any(p.endswith(".parquet") for p in fs.ls(path, detail=False)):
+        return path
+    return None
+
+
+def plan(cfg: RestoreConfig, model_id: str) -> list[dict[str, Any]]:
+    """Work items from a manifest (latest ok row per input, filtered) or from every PNG under an LR prefix."""
+    fs_in, in_path = open_fs(cfg.input, cfg.storage)
+    fs_out, out_path = open_fs(cfg.output, cfg.storage)
+    if not fs_in.exists(in_path):
+        raise RestoreError(f"{cfg.input}: no such manifest or prefix")
+    ext = FORMATS.get(cfg.format.lower())
+    if ext is None:
+        raise RestoreError(f"unknown output format {cfg.format!r} (png, jpeg or webp)")
+    mpath = _manifest_path(fs_in, in_path)
+    if mpath is not None:
+        rows = [r for r in latest_rows(read_manifest(fs_in, mpath), "source_uri").values() if r["status"] == "ok"]
+        rows = [{k: r[k] for k in ("key", "lr_uri", "lr_sha256", "model_id", "z_seed", "width", "height")}
+                for r in rows]
+    else:
+        rows = [{"key": k, "lr_uri": to_uri(fs_in, join_key(in_path, k)), "lr_sha256": None, "model_id": None,
+                 "z_seed": None, "width": None, "height": None} for k in list_keys(fs_in, in_path, ["*.png"])]
+    rows.sort(key=lambda r: r["key"])
+    if cfg.keys is not None:
+        wanted = set(cfg.keys)
+        rows = [r for r in rows if r["key"] in wanted]
+    if cfg.glob:
+        rows = [r for r in rows if fnmatch.fnmatchcase(r["key"], cfg.glob)]
+    if cfg.limit is not None:
+        rows = rows[: cfg.limit]
+    others = sorted({r["model_id"] for r in rows if r["model_id"] and r["model_id"] != model_id})
+    if others:
+        raise RestoreError(f"model mismatch: the LRs were made by {', '.join(others)} but the loaded model is "
+                           f"{model_id}; pass model=<the matching checkpoint>")
+    owners: dict[str, str] = {}
+    for r in rows:
+        r.update(check_uri=None, check_sha=None, pre_error=None, out_uri=None)
+        try:
+            r["out_uri"] = to_uri(fs_out, join_key(out_path, derived_key(safe_key(r["key"]), ext)))
+            if r["out_uri"] in owners:
+                raise StorageError(f"output key already used by {owners[r['out_uri']]!r}")
+            owners[r["out_uri"]] = r["key"]
+        except StorageError as e:
+            r["pre_error"] = f"key: {e}"
+    return rows
+
+
+def run_restore(cfg: RestoreConfig, log=print) -> dict[str, Any]:
+    """Run one restore job; returns the summary dict (also printed)."""
+    ckpt_bytes, model_id, _scale = load_model_bytes(cfg.model, cfg.scale, cfg.storage)
+    items = plan(cfg, model_id)
+    job_id = cfg.job_id or new_job_id("restore")
+    fs_out, out_path = open_fs(cfg.output, cfg.storage)
+    manifest_dir = cfg.manifest or to_uri(fs_out, f"{out_path.rstrip('/')}/{MANIFEST_DIR}")
+    log(f"restore {job_id}: {len(items)} LR images, model {model_id}, format {cfg.format}")
+    summary = Summary("restore", total=len(items))
+    fs_m, m_path = open_fs(manifest_dir, cfg.storage)
+    writer = ManifestWriter(fs_m, m_path, job_id, RESTORE_SCHEMA, cfg.rows_per_part, seconds=cfg.progress_s)
+    if items:
+        init_ray(cfg.ray)
+        n_blocks = max(1, min(len(items), 100_000, -(-len(items) // cfg.actors.batch_size)))
+        ds = items_dataset(items, ITEM_SCHEMA, n_blocks)
+        ds = ds.map_batches(read_stage, batch_format="pyarrow", batch_size=None, num_cpus=0,
+                            fn_kwargs={"storage": cfg.storage, "max_bytes": cfg.max_input_bytes,
+                                       "uri_col": "lr_uri"})
+        ds = ds.map_batches(RestoreActor, batch_format="pyarrow", batch_size=cfg.actors.batch_size,
+                            compute=ray.data.ActorPoolStrategy(size=pool_size(cfg.actors, len(items))),
+                            num_cpus=cfg.actors.num_cpus, num_gpus=cfg.actors.num_gpus,
+                            fn_constructor_kwargs={"ckpt_bytes": ckpt_bytes, "cfg": cfg, "job_id": job_id})
+        last = time.monotonic()
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            rows = batch.to_pylist()
+            for r in rows:
+                summary.add(r, r["lr_bytes"], r["out_bytes"])
+            writer.add(rows)
+            if time.monotonic() - last > cfg.progress_s:
+                log(summary.progress_line())
+                last = time.monotonic()
+    writer.flush()
+    out = summary.finish()
+    summary.print()
+    out.update(job_id=job_id, manifest=manifest_dir, model_id=model_id, parts=len(writer.parts))
+    return out
