@@ -90,16 +90,16 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     return im
 
 
-def _png_rgb16(data: bytes, im: Image.Image) -> np.ndarray | None:
+def _png_rgb16(data: bytes, im: Image.Image, tiles: list) -> np.ndarray | None:
     """Full 16-bit samples of a 16-bit RGB(A) PNG, or None when ``im`` is not one.
 
     Pillow unpacks such files to 8 bits by keeping each sample's high byte. Decoding the same stream
     a second time with the byte order swapped yields the low bytes, so no PNG decoder of our own is
     needed: unfiltering and interlacing stay Pillow's.
     """
-    if im.format != "PNG" or len(im.tile) != 1:
+    if im.format != "PNG" or len(tiles) != 1:
         return None
-    tile = im.tile[0]
+    tile = tiles[0]
     rawmode = tile.args if isinstance(tile.args, str) else None
     if rawmode not in ("RGB;16B", "RGBA;16B"):
         return None
@@ -127,8 +127,9 @@ def _to_float(im: Image.Image, data: bytes) -> tuple[np.ndarray, np.ndarray | No
         if not np.isfinite(arr).all() or arr.min() < 0.0 or arr.max() > 1.0:
             raise ImageError("float image with values that are not finite or outside [0, 1]")
         return np.repeat(arr[..., None], 3, axis=2), None
+    tiles = list(im.tile)  # load() clears them; the 16-bit check needs the rawmode
     im.load()
-    deep = _png_rgb16(data, im)
+    deep = _png_rgb16(data, im, tiles)
     if deep is not None:
         arr = deep.astype(np.float32) / 65535.0
         return np.ascontiguousarray(arr[..., :3]), (arr[..., 3].copy() if arr.shape[2] == 4 else None)
