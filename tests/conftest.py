@@ -11,6 +11,11 @@ from irn_batch.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from irn_batch.model import IRN, IRNConfig
 
 
+# The tests use tiny tensors: one intra-op thread is as fast, and on a shared 2-core box it avoids
+# oversubscription (two threads measured 30x slower here while other jobs ran).
+torch.set_num_threads(1)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--runslow", action="store_true", default=False, help="also run tests marked slow")
 
