@@ -243,6 +243,12 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(msg: str, limit: int = 400) -> str:
+    """Error text as one line of bounded length (torch's state-dict errors span many lines)."""
+    msg = " ".join(msg.split())
+    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -250,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser(argv).parse_args(argv)
         return int(args.func(args) or 0)
     except UserError as e:
-        print(f"irn-batch: error: {e}", file=sys.stderr)
+        print(f"irn-batch: error: {_one_line(str(e))}", file=sys.stderr)
         return EXIT_USER
     except KeyboardInterrupt:
         return 130
