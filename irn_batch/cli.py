@@ -190,6 +190,16 @@ def _missing(module: str) -> int:
     raise UserError(None, f"this subcommand needs {module}, which is not available in this installation")
 
 
+def _quality(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer within 1..100, got {text!r}") from None
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be within 1..100, got {value}")
+    return value
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="checkpoint path or URL (default: the bundled weights for the scale)")
     p.add_argument("--tile", type=int, default=None, help="tile size in HR pixels (default: tiling's default)")
@@ -216,7 +226,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=None, help="z temperature (default: the model's)")
     p.add_argument("--seed", type=int, default=None, help="z seed (default: the one stored in the LR)")
     p.add_argument("--format", choices=("png", "jpeg", "webp"), default=None, help="default: from -o suffix")
-    p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality 1..100 (WebP 100 = lossless)")
+    p.add_argument("--quality", type=_quality, default=95, help="JPEG/WebP quality 1..100 (WebP 100 = lossless)")
     _add_model_args(p)
     p.set_defaults(func=cmd_upscale)
 

@@ -1,0 +1,178 @@
+"""The irn-batch command end to end, in process (and once as ``python -m irn_batch``)."""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pytest
+from PIL import Image
+
+from irn_batch.checkpoint import default_weights_path
+from irn_batch.cli import main
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("irn-batch: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture
+def sample(samples_dir: Path, tmp_path: Path) -> Path:
+    """A 61x47 crop of a bundled sample (odd sizes on purpose)."""
+    im = Image.open(samples_dir / "chelsea.png").crop((40, 30, 101, 77))
+    path = tmp_path / "in.png"
+    im.save(path)
+    return path
+
+
+def test_samples_are_small_rgb_pngs(samples_dir):
+    files = sorted(samples_dir.glob("*.png"))
+    assert len(files) >= 3 and (samples_dir / "LICENSE.md").is_file()
+    assert sum(f.stat().st_size for f in files) < 400_000
+    for f in files:
+        im = Image.open(f)
+        assert im.mode == "RGB" and max(im.size) <= 320
+
+
+def test_downscale_info_upscale_round_trip(capsys, tmp_path, sample, tiny_ckpt_path):
+    lr, hr = tmp_path / "lr.png", tmp_path / "out" / "hr.png"
+    rc, _, err = run(capsys, "downscale", sample, "-o", lr, "--model", tiny_ckpt_path)
+    assert rc == 0, err
+    assert Image.open(lr).size == (31, 24)
+
+    rc, out, _ = run(capsys, "info", lr)
+    info = json.loads(out)
+    assert rc == 0 and info["kind"] == "lr"
+    assert (info["width"], info["height"], info["scale"]) == (61, 47, 2)
+    assert (info["lr_width"], info["lr_height"]) == (31, 24)
+    rc, out, _ = run(capsys, "info", tiny_ckpt_path)
+    ck_info = json.loads(out)
+    assert ck_info["kind"] == "checkpoint" and ck_info["model_id"] == info["model_id"]
+    assert ck_info["config"]["scale"] == 2
+
+    rc, _, err = run(capsys, "upscale", lr, "-o", hr, "--model", tiny_ckpt_path)
+    assert rc == 0, err
+    first = hr.read_bytes()
+    assert Image.open(io.BytesIO(first)).size == (61, 47)
+    # Same seed, same model, same device: the same bytes again; another seed gives other pixels.
+    assert run(capsys, "upscale", lr, "-o", hr, "--model", tiny_ckpt_path)[0] == 0
+    assert hr.read_bytes() == first
+    assert run(capsys, "upscale", lr, "-o", hr, "--model", tiny_ckpt_path, "--seed", "123")[0] == 0
+    assert hr.read_bytes() != first
+
+    for suffix, fmt in ((".jpg", "JPEG"), (".webp", "WEBP")):
+        out_path = tmp_path / f"hr{suffix}"
+        assert run(capsys, "upscale", lr, "-o", out_path, "--model", tiny_ckpt_path, "--quality", "80")[0] == 0
+        im = Image.open(out_path)
+        assert im.format == fmt and im.size == (61, 47)
+
+
+def test_fixed_seed_and_fsspec_urls(capsys, sample, tiny_ckpt_path):
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/cli-test/in.png", sample.read_bytes())
+    rc, _, err = run(capsys, "downscale", "memory://cli-test/in.png", "-o", "memory://cli-test/lr.png",
+                     "--model", tiny_ckpt_path, "--seed", "42")
+    assert rc == 0, err
+    rc, out, _ = run(capsys, "info", "memory://cli-test/lr.png")
+    assert json.loads(out)["z_seed"] == 42
+    rc, _, err = run(capsys, "upscale", "memory://cli-test/lr.png", "-o", "memory://cli-test/hr.png",
+                     "--model", tiny_ckpt_path, "--temperature", "0")
+    assert rc == 0, err
+    assert Image.open(io.BytesIO(fs.cat("/cli-test/hr.png"))).size == (61, 47)
+
+
+def test_x4_model_and_scale_mismatch(capsys, tmp_path, sample, tiny_x4_path):
+    lr = tmp_path / "lr4.png"
+    assert run(capsys, "downscale", sample, "-o", lr, "--model", tiny_x4_path, "--scale", "4")[0] == 0
+    assert Image.open(lr).size == (16, 12)
+    assert run(capsys, "upscale", lr, "-o", tmp_path / "hr.png", "--model", tiny_x4_path)[0] == 0
+    assert Image.open(tmp_path / "hr.png").size == (61, 47)
+    rc, _, err = run(capsys, "downscale", sample, "-o", lr, "--model", tiny_x4_path, "--scale", "2")
+    assert rc == 2 and "x4" in one_error_line(err)
+
+
+def test_refuses_mismatched_model(capsys, tmp_path, sample, tiny_ckpt_path, other_ckpt_path):
+    lr = tmp_path / "lr.png"
+    assert run(capsys, "downscale", sample, "-o", lr, "--model", tiny_ckpt_path)[0] == 0
+    rc, _, err = run(capsys, "upscale", lr, "-o", tmp_path / "hr.png", "--model", other_ckpt_path)
+    line = one_error_line(err)
+    assert rc == 2 and str(lr) in line and "made by model" in line
+    assert not (tmp_path / "hr.png").exists()
+
+
+def test_user_mistakes_are_one_line_exit_2(capsys, tmp_path, sample, tiny_ckpt_path):
+    lr = tmp_path / "lr.png"
+    assert run(capsys, "downscale", sample, "-o", lr, "--model", tiny_ckpt_path)[0] == 0
+    data = lr.read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    (tmp_path / "plain.png").write_bytes(sample.read_bytes())
+    (tmp_path / "notes.txt").write_text("not an image\n")
+    ckpt = tiny_ckpt_path.read_bytes()
+    flipped = bytearray(ckpt)
+    flipped[-3] ^= 1
+    (tmp_path / "flipped.safetensors").write_bytes(bytes(flipped))
+    (tmp_path / "cut.safetensors").write_bytes(ckpt[:1000])
+    out = str(tmp_path / "o.png")
+    cases = [
+        (("upscale", tmp_path / "cut.png", "-o", out, "--model", tiny_ckpt_path), "cut.png"),
+        (("upscale", tmp_path / "plain.png", "-o", out, "--model", tiny_ckpt_path), "not an irn_batch LR image"),
+        (("upscale", lr, "-o", out, "--model", tmp_path / "flipped.safetensors"), "model id"),
+        (("upscale", lr, "-o", out, "--model", tmp_path / "cut.safetensors"), "cut.safetensors"),
+        (("upscale", lr, "-o", out, "--model", tmp_path / "nope.safetensors"), "nope.safetensors"),
+        (("downscale", tmp_path / "missing.png", "-o", out, "--model", tiny_ckpt_path), "missing.png: no such file"),
+        (("downscale", tmp_path / "notes.txt", "-o", out, "--model", tiny_ckpt_path), "not a recognised image"),
+        (("downscale", sample, "-o", out, "--model", tiny_ckpt_path, "--max-pixels", "100"), "more than the limit"),
+        (("info", tmp_path / "notes.txt"), "neither"),
+        (("info", tmp_path / "missing.png"), "no such file"),
+        (("upscale", lr, "-o", out, "--model", tiny_ckpt_path, "--quality", "0"), "quality"),
+        (("upscale", lr), "required"),
+        (("frobnicate",), "invalid choice"),
+    ]
+    for argv, reason in cases:
+        rc, _, err = run(capsys, *argv)
+        assert rc == 2, (argv, err)
+        assert reason in one_error_line(err), (reason, err)
+    assert not Path(out).exists()
+
+
+def test_no_default_weights_gives_clear_error(capsys, tmp_path, sample):
+    if default_weights_path(2).is_file():
+        pytest.skip("default x2 weights are installed")
+    rc, _, err = run(capsys, "downscale", sample, "-o", tmp_path / "lr.png")
+    assert rc == 2 and "--model" in one_error_line(err)
+
+
+def test_external_subcommands_are_wired(capsys):
+    for name, module in (("verify", "irn_batch.pipeline.verify"), ("evaluate", "irn_batch.evaluate")):
+        try:
+            __import__(module)
+        except ImportError:
+            rc, _, err = run(capsys, name)
+            assert rc == 2 and module in one_error_line(err)
+            continue
+        with pytest.raises(SystemExit) as exc:
+            main([name, "--help"])
+        assert exc.value.code == 0
+        assert name in capsys.readouterr().out
+
+
+def test_python_dash_m_entry_point(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "irn_batch", "info", str(tmp_path / "missing.png")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert one_error_line(proc.stderr).endswith("missing.png: no such file")
