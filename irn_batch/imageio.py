@@ -164,7 +164,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
         raise ImageError("not enough memory to decode the image") from e
     except Exception as e:  # Pillow's plugins raise many types (OSError, SyntaxError, struct.error, ...)
         reason = str(e) or type(e).__name__
-        raise ImageError(f"corrupt or truncated image data ({reason})") from e
+        raise ImageError(f"corrupt, truncated or unsupported image data ({reason})") from e
     if orient != 1:
         rgb = np.ascontiguousarray(_ORIENT[orient](rgb))
         alpha = None if alpha is None else np.ascontiguousarray(_ORIENT[orient](alpha))

@@ -172,6 +172,22 @@ def test_animated_refused(fmt):
         decode_image(data)
 
 
+def test_mpo_uses_the_primary_picture():
+    """Phones write MPO (a JPEG plus extra pictures); it is one photo, not an animation."""
+    main, extra = Image.fromarray(np.full((8, 10, 3), 200, np.uint8)), Image.fromarray(np.zeros((4, 5, 3), np.uint8))
+    data = save(main, "MPO", save_all=True, append_images=[extra])
+    assert getattr(Image.open(io.BytesIO(data)), "n_frames", 1) == 2
+    img = decode_image(data)
+    assert (img.format, img.width, img.height) == ("MPO", 10, 8)
+    assert abs(float(img.rgb.mean()) - 200 / 255) < 0.02
+
+
+def test_multipage_tiff_refused():
+    pages = [Image.fromarray(rgb8(8, 8)) for _ in range(2)]
+    with pytest.raises(ImageError, match="2 frames"):
+        decode_image(save(pages[0], "TIFF", save_all=True, append_images=pages[1:]))
+
+
 def test_float_tiff_rule():
     f = RNG.random((6, 7)).astype(np.float32)
     img = decode_image(save(Image.fromarray(f, mode="F"), "TIFF"))
