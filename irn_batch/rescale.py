@@ -128,7 +128,8 @@ def downscale_image(
     hr = pad_to_multiple(torch.from_numpy(img.rgb).permute(2, 0, 1)[None], s)  # (1, 3, H', W')
     hp, wp = hr.shape[-2:]
     lr = _run(
-        lambda t, size: t.downscale_tiled(model, hr.to(device), tile=size, precision=precision),
+        # Tiled: the image stays on the CPU and only tiles visit the device (bounded device memory).
+        lambda t, size: t.downscale_tiled(model, hr, tile=size, precision=precision),
         lambda: model.downscale(hr.to(device), quantize=False)[0],
         max(hp, wp),
         tile,
@@ -185,7 +186,7 @@ def restore_image(
     z = sample_z(model.z_shape(lr), temperature, seed=seed)  # whole LR on the CPU: tiling never changes z
     h, w = lr.shape[-2:]
     hr = _run(
-        lambda t, size: t.upscale_tiled(model, lr.to(device), z.to(device), tile=size, precision=precision),
+        lambda t, size: t.upscale_tiled(model, lr, z, tile=size, precision=precision),
         lambda: model.upscale(lr.to(device), z=z.to(device)),
         max(h, w) * s,
         tile,
