@@ -99,8 +99,6 @@ def _device(ckpt: Checkpoint) -> torch.device:
 
 
 def _autocast(device: torch.device, precision: str):
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -110,6 +108,8 @@ def _run(
     tiled: Callable | None, whole: Callable, hr_side: int, tile: int | None, device: torch.device, precision: str
 ) -> torch.Tensor:
     """Run tiled when the image is bigger than one tile and tiling exists, else whole; float32 on CPU."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     tiling = _tiling()
     limit = tile if tile is not None else (tiling.DEFAULT_TILE if tiling is not None else None)
     with torch.inference_mode():
