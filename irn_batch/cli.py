@@ -24,7 +24,7 @@ from irn_batch.checkpoint import (
     resolve_model,
 )
 from irn_batch.imageio import ImageError, decode_image, encode_image
-from irn_batch.rescale import PRECISIONS, LRMeta, content_seed, downscale_image, read_lr, restore_image
+from irn_batch.rescale import PRECISIONS, content_seed, downscale_image, read_lr, restore_image
 
 EXIT_USER = 2
 _FORMAT_BY_SUFFIX = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
@@ -136,7 +136,7 @@ def file_info(data: bytes, name: str) -> dict:
     """Metadata of an LR PNG or a checkpoint, as a JSON-ready dict."""
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         try:
-            meta, img = read_lr(data)
+            meta, _ = read_lr(data)
         except ImageError as e:
             raise UserError(name, str(e)) from None
         w, h = meta.lr_size
