@@ -122,10 +122,11 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         pixels = restore_image(
             ckpt, data, temperature=args.temperature, z_seed=args.seed, tile=args.tile, precision=args.precision
         )
-        out = encode_image(pixels, _output_format(args), args.quality)
     except ImageError as e:
         raise UserError(args.input, str(e)) from None
-    except ValueError as e:  # bad --quality / --format combination
+    try:
+        out = encode_image(pixels, _output_format(args), args.quality)
+    except ValueError as e:  # e.g. an image with alpha asked for as JPEG
         raise UserError(args.output, str(e)) from None
     _write(args.output, out)
     print(f"{args.input} -> {args.output} ({meta.width}x{meta.height})", file=sys.stderr)

@@ -147,6 +147,20 @@ def test_user_mistakes_are_one_line_exit_2(capsys, tmp_path, sample, tiny_ckpt_p
     assert not Path(out).exists()
 
 
+def test_alpha_survives_and_jpeg_output_is_refused(capsys, tmp_path, tiny_ckpt_path):
+    rgba = Image.new("RGBA", (21, 14), (200, 100, 50, 128))
+    rgba.save(tmp_path / "a.png")
+    lr, out = tmp_path / "lr.png", tmp_path / "hr.png"
+    assert run(capsys, "downscale", tmp_path / "a.png", "-o", lr, "--model", tiny_ckpt_path)[0] == 0
+    assert Image.open(lr).mode == "RGBA"
+    assert run(capsys, "upscale", lr, "-o", out, "--model", tiny_ckpt_path)[0] == 0
+    restored = Image.open(out)
+    assert restored.mode == "RGBA" and restored.size == (21, 14)
+    assert abs(int(restored.getpixel((10, 7))[3]) - 128) <= 1  # flat alpha comes back unchanged
+    rc, _, err = run(capsys, "upscale", lr, "-o", tmp_path / "hr.jpg", "--model", tiny_ckpt_path)
+    assert rc == 2 and "hr.jpg: JPEG cannot store the alpha" in one_error_line(err)
+
+
 def test_no_default_weights_gives_clear_error(capsys, tmp_path, sample):
     if default_weights_path(2).is_file():
         pytest.skip("default x2 weights are installed")
