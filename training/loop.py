@@ -1,0 +1,158 @@
+"""The optimisation loop of one worker: config, step, validation and resumable state on any fsspec URL.
+
+The Ray Train wrapper (training/ray_train.py) and the single-process runner both drive these functions.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import fsspec
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from irn_batch.checkpoint import checkpoint_bytes, checkpoint_from_bytes
+from irn_batch.metrics import bicubic_resize, psnr_y
+from irn_batch.model import IRN, IRNConfig
+from irn_batch.transforms import quantize_8bit
+from training.data import TrainImage, bicubic_downscale
+from training.losses import LossWeights, irn_loss
+from training.optim import Schedule, load_optimizer_tensors, make_optimizer, optimizer_tensors, set_lr
+
+
+@dataclass
+class TrainConfig:
+    scale: int = 2
+    blocks: int = 8
+    growth: int = 32
+    batch: int = 16
+    patch: int = 144
+    iterations: int = 500_000
+    lr: float = 2e-4
+    schedule: str = "multistep"  # multistep (paper) | cosine | constant
+    warmup: int = 0
+    lr_min: float = 0.0
+    weight_decay: float = 1e-5
+    grad_clip: float = 10.0
+    lambda_fit: float | None = None  # None = scale**2
+    lambda_ce: float = 1.0
+    lambda_rec: float = 1.0
+    # z in the reverse pass during training: 1 = eps ~ N(0, I) (paper); 0 = z = 0 throughout.
+    z_scale: float = 1.0
+    # Temperature recorded in exported checkpoints as the one to restore with.
+    restore_temperature: float = 1.0
+    bf16: bool = False  # autocast on CUDA (and CPUs with bf16 support)
+    seed: int = 0
+    init_from: str | None = None  # warm start: an irn_batch checkpoint (e.g. x2 weights for x4's first level)
+    val_crop: int = 256
+    extra: dict = field(default_factory=dict)
+
+    def model_config(self) -> IRNConfig:
+        return IRNConfig(scale=self.scale, blocks=self.blocks, growth=self.growth)
+
+    def loss_weights(self) -> LossWeights:
+        fit = float(self.scale**2) if self.lambda_fit is None else self.lambda_fit
+        return LossWeights(fit=fit, ce=self.lambda_ce, rec=self.lambda_rec)
+
+    def lr_schedule(self) -> Schedule:
+        return Schedule(lr=self.lr, kind=self.schedule, warmup=self.warmup, lr_min=self.lr_min)
+
+
+def build_model(cfg: TrainConfig) -> IRN:
+    """A fresh model, optionally warm-started from a checkpoint whose layers fit ours (by name and shape)."""
+    torch.manual_seed(cfg.seed)
+    model = IRN(cfg.model_config())
+    if cfg.init_from:
+        with fsspec.open(cfg.init_from, "rb") as f:
+            src = checkpoint_from_bytes(f.read(), cfg.init_from).model.state_dict()
+        own = model.state_dict()
+        fitting = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
+        if not fitting:
+            raise ValueError(f"{cfg.init_from}: no layer fits a {cfg.model_config()}")
+        own.update(fitting)
+        model.load_state_dict(own)
+    return model
+
+
+def train_step(model, opt, hr, lr_ref, cfg: TrainConfig, it: int, generator=None) -> dict[str, float]:
+    """One optimisation step at iteration ``it`` (sets the scheduled learning rate first)."""
+    set_lr(opt, cfg.lr_schedule().lr_at(it, cfg.iterations))
+    model.train()
+    opt.zero_grad(set_to_none=True)
+    device = hr.device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        terms = irn_loss(model, hr, lr_ref, cfg.loss_weights(), cfg.z_scale, generator)
+    loss = terms["loss"]
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite loss at iteration {it}: {loss.item()}")
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    out = {k: float(v.detach()) for k, v in terms.items()}
+    out["grad_norm"] = float(grad_norm)
+    out["lr"] = opt.param_groups[0]["lr"]
+    return out
+
+
+def _hwc8(x: torch.Tensor) -> torch.Tensor:
+    """(1,3,H,W) in [0, 1] -> (H,W,3) on the 8-bit grid (what a saved image would hold)."""
+    return torch.round(x[0].detach().float().cpu().clamp(0, 1) * 255).div(255).permute(1, 2, 0)
+
+
+def _psnr_y(a: torch.Tensor, b: torch.Tensor, crop: int) -> float:
+    """Y-PSNR (paper protocol, irn_batch.metrics.psnr_y) of two (1,3,H,W) images rounded to 8 bits."""
+    return psnr_y(_hwc8(a), _hwc8(b), crop)
+
+
+@torch.inference_mode()
+def validate(model: IRN, images: list[TrainImage], temperature: float = 0.0, seed: int = 0) -> dict[str, float]:
+    """Mean Y-PSNR (paper protocol) of the restore, of Bicubic & Bicubic, and of the LR vs the bicubic LR."""
+    model.eval()
+    s = model.scale
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for im in images:
+        hr = (im.hr.float() / 255.0).unsqueeze(0)
+        lr, _ = model.downscale(hr.to(device))
+        restored = model.upscale(lr, temperature=temperature, generator=gen).cpu()
+        bic_lr = bicubic_downscale(hr, s)
+        bic = bicubic_resize(quantize_8bit(bic_lr), tuple(hr.shape[-2:]))  # Bicubic & Bicubic, as evaluate does
+        rows.append((_psnr_y(restored, hr, s), _psnr_y(bic, hr, s), _psnr_y(lr.cpu(), im.lr.unsqueeze(0), 0)))
+    n = len(rows)
+    return {
+        "psnr_y": sum(r[0] for r in rows) / n,
+        "bicubic_psnr_y": sum(r[1] for r in rows) / n,
+        "lr_psnr_y": sum(r[2] for r in rows) / n,
+    }
+
+
+# --- resumable state: one safetensors file with model + optimiser tensors, nothing pickled ---
+
+
+def state_bytes(model: IRN, opt: torch.optim.Optimizer, it: int, cfg: TrainConfig) -> bytes:
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors.update({f"opt.{k}": v for k, v in optimizer_tensors(opt).items()})
+    meta = {"iteration": str(it), "train_config": json.dumps(asdict(cfg), sort_keys=True)}
+    return st_save(tensors, metadata=meta)
+
+
+def load_state_bytes(data: bytes, model: IRN, opt: torch.optim.Optimizer) -> int:
+    """Restore model and optimiser from :func:`state_bytes`; returns the iteration to continue from."""
+    tensors = st_load(data)
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    load_optimizer_tensors(opt, {k[4:]: v for k, v in tensors.items() if k.startswith("opt.")})
+    header_len = int.from_bytes(data[:8], "little")
+    return int(json.loads(data[8 : 8 + header_len])["__metadata__"]["iteration"])
+
+
+def export_bytes(model: IRN, cfg: TrainConfig, it: int, extra: dict[str, str] | None = None) -> bytes:
+    """The model as an irn_batch checkpoint (what the CLI and pipeline load)."""
+    meta = {"trained_iterations": str(it), "train_config": json.dumps(asdict(cfg), sort_keys=True)}
+    meta.update(extra or {})
+    return checkpoint_bytes(model, cfg.restore_temperature, meta)
+
+
+def new_optimizer(model: IRN, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
