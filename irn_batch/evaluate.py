@@ -183,6 +183,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", type=int, default=None, help="tile size in HR pixels (default: whole image)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -195,6 +196,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(None, str(e)) from None
     if args.scale and args.scale != ckpt.model.scale:
         raise UserError(args.model, f"model is x{ckpt.model.scale} but --scale {args.scale} was given")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
     ckpt.model.to(device).eval()
     try:
