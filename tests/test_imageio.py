@@ -267,3 +267,23 @@ def test_encode_image_formats():
 def test_to_uint8_clips_and_rounds():
     x = np.array([-0.5, 0.0, 0.4 / 255, 0.6 / 255, 1.0, 7.0], dtype=np.float32)
     np.testing.assert_array_equal(to_uint8(x), [0, 0, 0, 1, 255, 255])
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "TIFF", "WEBP", "BMP"])
+def test_mutated_files_give_image_or_image_error(fmt):
+    """Fuzz: damaged bytes either still decode or raise ImageError, never another exception."""
+    rng = np.random.default_rng(len(fmt))
+    good = save(Image.fromarray(rgb8(24, 24)), fmt)
+    for trial in range(40):
+        data = bytearray(good)
+        if trial % 3 == 0:
+            data = data[: int(rng.integers(1, len(data)))]
+        else:
+            for pos in rng.integers(0, len(data), size=int(rng.integers(1, 8))):
+                data[pos] = int(rng.integers(0, 256))
+        try:
+            img = decode_image(bytes(data), max_pixels=1_000_000)
+        except ImageError as e:
+            assert str(e)
+        else:
+            assert img.rgb.shape == (img.height, img.width, 3) and np.isfinite(img.rgb).all()
