@@ -32,14 +32,24 @@ class HaarDownsampling(nn.Module):
         self.channels = channels
         self.register_buffer("weight", haar_filters(channels), persistent=False)
 
+    # The Haar step runs outside autocast: it is exact and cheap, and a bf16 cast here would round the
+    # image itself to 8 significant bits.
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return self._forward(x)
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(y.device.type, enabled=False):
+            return self._inverse(y)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         out = F.conv2d(x, self.weight.to(x.dtype), stride=2, groups=c) / 4.0
         # conv2d groups outputs by input channel (c, 4); regroup them by filter (4, c).
         out = out.reshape(b, c, 4, h // 2, w // 2).transpose(1, 2)
         return out.reshape(b, 4 * c, h // 2, w // 2)
 
-    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
         b, c4, h, w = y.shape
         c = c4 // 4
         x = y.reshape(b, 4, c, h, w).transpose(1, 2).reshape(b, c4, h, w)
