@@ -5,6 +5,8 @@ value of the wrong type, is an error (OmegaConf structured merge).
 """
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -104,3 +106,32 @@ def validate_job(job: JobConfig) -> None:
             raise ConfigError(f"run.{key} must be >= 1")
     if "/" in job.run.name or not job.run.name:
         raise ConfigError(f"run.name {job.run.name!r} must be a non-empty name without '/'")
+
+
+def _submitted_with_working_dir() -> bool:
+    """True inside a ``ray job submit --working-dir`` driver (its cwd is a temporary copy of that dir)."""
+    try:
+        env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env") or {}
+    except ValueError:
+        return False
+    return bool(env.get("working_dir"))
+
+
+def check_submitted_paths(job: JobConfig) -> None:
+    """Under ``ray job submit --working-dir``, relative local paths point into a temporary copy of the
+    working dir: checkpoints written there would vanish, so run.storage_path must be absolute or a URL."""
+    if not _submitted_with_working_dir():
+        return
+    url = job.run.storage_path
+    if "://" not in url and not os.path.isabs(url):
+        raise ConfigError(
+            f"run.storage_path {url!r} is relative, i.e. inside ray job submit's temporary working dir; "
+            "pass an absolute path or an s3:// URL (e.g. run.storage_path=$PWD/runs/ray)"
+        )
+    for key in ("train", "val"):
+        path = getattr(job.data, key)
+        if path and "://" not in path and not os.path.isabs(path) and not os.path.exists(path):
+            raise ConfigError(
+                f"data.{key} {path!r} is relative and not inside the submitted working dir; "
+                f"pass an absolute path or URL (e.g. data.{key}=$PWD/{path})"
+            )
