@@ -25,8 +25,10 @@ from irn_batch.checkpoint import (
 )
 from irn_batch.imageio import ImageError, decode_image, encode_image
 from irn_batch.rescale import PRECISIONS, content_seed, downscale_image, read_lr, restore_image
+from irn_batch.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 
 EXIT_USER = 2
+_MIN_TILE = 2 * DEFAULT_OVERLAP + 8  # tiling keeps a core of at least 8 pixels inside the overlaps
 _FORMAT_BY_SUFFIX = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 
 
@@ -191,6 +193,16 @@ def _missing(module: str) -> int:
     raise UserError(None, f"this subcommand needs {module}, which is not available in this installation")
 
 
+def _tile(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value % 8 or value < _MIN_TILE:
+        raise argparse.ArgumentTypeError(f"must be a multiple of 8 and at least {_MIN_TILE}, got {value}")
+    return value
+
+
 def _quality(text: str) -> int:
     try:
         value = int(text)
@@ -203,7 +215,8 @@ def _quality(text: str) -> int:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="checkpoint path or URL (default: the bundled weights for the scale)")
-    p.add_argument("--tile", type=int, default=None, help="tile size in HR pixels (default: tiling's default)")
+    p.add_argument("--tile", type=_tile, default=None,
+                   help=f"tile side in HR pixels, a multiple of 8 >= {_MIN_TILE} (default {DEFAULT_TILE})")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu: reproducible z)")
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import fsspec
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -71,6 +72,11 @@ def test_downscale_info_upscale_round_trip(capsys, tmp_path, sample, tiny_ckpt_p
     assert hr.read_bytes() == first
     assert run(capsys, "upscale", lr, "-o", hr, "--model", tiny_ckpt_path, "--seed", "123")[0] == 0
     assert hr.read_bytes() != first
+
+    # Tiled (72 is the smallest tile) and whole-image restores agree to a rounding step.
+    assert run(capsys, "upscale", lr, "-o", tmp_path / "tiled.png", "--model", tiny_ckpt_path, "--tile", "72")[0] == 0
+    tiled = np.asarray(Image.open(tmp_path / "tiled.png")).astype(int)
+    assert np.abs(tiled - np.asarray(Image.open(io.BytesIO(first))).astype(int)).max() <= 1
 
     for suffix, fmt in ((".jpg", "JPEG"), (".webp", "WEBP")):
         out_path = tmp_path / f"hr{suffix}"
@@ -138,6 +144,8 @@ def test_user_mistakes_are_one_line_exit_2(capsys, tmp_path, sample, tiny_ckpt_p
         (("info", tmp_path / "missing.png"), "no such file"),
         (("upscale", lr, "-o", out, "--model", tiny_ckpt_path, "--quality", "0"), "quality"),
         (("upscale", lr), "required"),
+        (("upscale", lr, "-o", out, "--model", tiny_ckpt_path, "--tile", "100"), "--tile"),
+        (("downscale", sample, "-o", out, "--model", tiny_ckpt_path, "--tile", "16"), "--tile"),
         (("frobnicate",), "invalid choice"),
     ]
     for argv, reason in cases:
@@ -161,11 +169,20 @@ def test_alpha_survives_and_jpeg_output_is_refused(capsys, tmp_path, tiny_ckpt_p
     assert rc == 2 and "hr.jpg: JPEG cannot store the alpha" in one_error_line(err)
 
 
-def test_no_default_weights_gives_clear_error(capsys, tmp_path, sample):
-    if default_weights_path(2).is_file():
-        pytest.skip("default x2 weights are installed")
-    rc, _, err = run(capsys, "downscale", sample, "-o", tmp_path / "lr.png")
-    assert rc == 2 and "--model" in one_error_line(err)
+def test_default_weights_or_a_clear_error(capsys, tmp_path, samples_dir):
+    """Without --model the bundled weights for the scale are used; with none bundled, one clear line."""
+    small = tmp_path / "small.png"
+    Image.open(samples_dir / "coffee.png").crop((100, 60, 133, 86)).save(small)
+    lr, hr = tmp_path / "lr.png", tmp_path / "hr.png"
+    if not default_weights_path(2).is_file():
+        rc, _, err = run(capsys, "downscale", small, "-o", lr)
+        assert rc == 2 and "--model" in one_error_line(err)
+        return
+    assert run(capsys, "downscale", small, "-o", lr)[0] == 0
+    model_id = json.loads(run(capsys, "info", default_weights_path(2))[1])["model_id"]
+    assert json.loads(run(capsys, "info", lr)[1])["model_id"] == model_id
+    assert run(capsys, "upscale", lr, "-o", hr)[0] == 0  # the scale (and so the weights) come from the LR
+    assert Image.open(hr).size == (33, 26)
 
 
 def test_external_subcommands_are_wired(capsys):

@@ -145,11 +145,28 @@ def test_tiled_path_is_used_and_matches_whole(tiny_ckpt):
     x = smooth_image(70, 90)
     img = decoded(x)
     whole_png, _ = downscale_image(tiny_ckpt, img, z_seed=2, tile=4096)
-    tiled_png, _ = downscale_image(tiny_ckpt, img, z_seed=2, tile=32)
+    tiled_png, _ = downscale_image(tiny_ckpt, img, z_seed=2, tile=80)
     a = np.asarray(Image.open(io.BytesIO(whole_png))).astype(int)
     b = np.asarray(Image.open(io.BytesIO(tiled_png))).astype(int)
     assert np.abs(a - b).max() <= 1  # at most a rounding flip
-    whole = restore_image(tiny_ckpt, whole_png, tile=4096)
-    tiled = restore_image(tiny_ckpt, whole_png, tile=32)
-    assert np.abs(whole.astype(int) - tiled.astype(int)).max() <= 1
-    assert hasattr(tiling, "DEFAULT_TILE")
+    # rescale really goes through tiling: its LR is exactly the quantised downscale_tiled output,
+    # which (at float level) is not the whole-image output, so this check can tell the two apart.
+    hr = pad_to_multiple(torch.from_numpy(img.rgb).permute(2, 0, 1)[None], 2)
+    with torch.no_grad():
+        direct = tiling.downscale_tiled(tiny_ckpt.model, hr, tile=80)
+        whole = tiny_ckpt.model.downscale(hr, quantize=False)[0]
+    assert (direct - whole).abs().max() > 0
+    np.testing.assert_array_equal(b, direct[0].clamp(0, 1).mul(255).round().permute(1, 2, 0).numpy().astype(int))
+
+    lr = torch.from_numpy(a / np.float32(255)).permute(2, 0, 1)[None].float()
+    z = sample_z(tiny_ckpt.model.z_shape(lr), tiny_ckpt.default_temperature, seed=2)
+    with torch.no_grad():
+        direct_hr = tiling.upscale_tiled(tiny_ckpt.model, lr, z, tile=80)[0, :, :70, :90]
+    restored_whole = restore_image(tiny_ckpt, whole_png, tile=4096)
+    restored_tiled = restore_image(tiny_ckpt, whole_png, tile=80)
+    np.testing.assert_array_equal(
+        restored_tiled, direct_hr.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
+    )
+    assert np.abs(restored_whole.astype(int) - restored_tiled.astype(int)).max() <= 1
+    # Default tile: an image within one tile takes the whole-image path (same bytes as tile=4096).
+    assert downscale_image(tiny_ckpt, img, z_seed=2)[0] == whole_png
