@@ -8,18 +8,21 @@ tEXt chunks ``irn_batch:*`` recording the model id, scale, original size, z seed
 source's PIL mode (see ``LRMeta``). The image is mirror-padded to a multiple of the scale before the
 network and the restore is cropped back to the original size. z is never stored: it is drawn again
 on the CPU from the seed, for the whole LR at once, so tiling never changes it.
+
+An image whose (padded) HR side exceeds one tile (``tile``, default ``tiling.DEFAULT_TILE``) runs
+through ``irn_batch.tiling``; smaller ones run whole. Both give the same result to a rounding step.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 
+from irn_batch import tiling
 from irn_batch.checkpoint import Checkpoint
 from irn_batch.imageio import DecodedImage, ImageError, decode_image, encode_png, read_png_text
 from irn_batch.metrics import bicubic_resize
@@ -86,14 +89,6 @@ def content_seed(data: bytes) -> int:
     return int.from_bytes(hashlib.sha256(data).digest()[:8], "big") & (2**63 - 1)
 
 
-def _tiling():
-    """irn_batch.tiling if it is importable (it is optional at import time of this module)."""
-    try:
-        return importlib.import_module("irn_batch.tiling")
-    except ImportError:
-        return None
-
-
 def _device(ckpt: Checkpoint) -> torch.device:
     return next(ckpt.model.parameters()).device
 
@@ -104,17 +99,17 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def _run(
-    tiled: Callable | None, whole: Callable, hr_side: int, tile: int | None, device: torch.device, precision: str
-) -> torch.Tensor:
-    """Run tiled when the image is bigger than one tile and tiling exists, else whole; float32 on CPU."""
+def _run(tiled: Callable, whole: Callable, hr_side: int, tile: int | None, device: torch.device, precision: str):
+    """``tiled(tile)`` when the HR side exceeds one tile, else ``whole()``; float32 on the CPU.
+
+    Tiled runs keep the image on the CPU and send only tiles to the device, so device memory is bounded.
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    tiling = _tiling()
-    limit = tile if tile is not None else (tiling.DEFAULT_TILE if tiling is not None else None)
+    limit = tiling.DEFAULT_TILE if tile is None else tile
     with torch.inference_mode():
-        if tiling is not None and limit is not None and hr_side > limit:
-            return tiled(tiling, limit)
+        if hr_side > limit:
+            return tiled(limit)
         with _autocast(device, precision):
             return whole().float().cpu()
 
@@ -128,8 +123,7 @@ def downscale_image(
     hr = pad_to_multiple(torch.from_numpy(img.rgb).permute(2, 0, 1)[None], s)  # (1, 3, H', W')
     hp, wp = hr.shape[-2:]
     lr = _run(
-        # Tiled: the image stays on the CPU and only tiles visit the device (bounded device memory).
-        lambda t, size: t.downscale_tiled(model, hr, tile=size, precision=precision),
+        lambda size: tiling.downscale_tiled(model, hr, tile=size, precision=precision),
         lambda: model.downscale(hr.to(device), quantize=False)[0],
         max(hp, wp),
         tile,
@@ -186,7 +180,7 @@ def restore_image(
     z = sample_z(model.z_shape(lr), temperature, seed=seed)  # whole LR on the CPU: tiling never changes z
     h, w = lr.shape[-2:]
     hr = _run(
-        lambda t, size: t.upscale_tiled(model, lr, z, tile=size, precision=precision),
+        lambda size: tiling.upscale_tiled(model, lr, z, tile=size, precision=precision),
         lambda: model.upscale(lr.to(device), z=z.to(device)),
         max(h, w) * s,
         tile,

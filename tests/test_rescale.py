@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from irn_batch import tiling
 from irn_batch.checkpoint import load_checkpoint
 from irn_batch.imageio import ImageError, decode_image, encode_png, read_png_text
 from irn_batch.metrics import psnr_rgb
@@ -141,7 +142,6 @@ def test_bf16_precision_close_to_fp32(tiny_ckpt):
 
 
 def test_tiled_path_is_used_and_matches_whole(tiny_ckpt):
-    tiling = pytest.importorskip("irn_batch.tiling")
     x = smooth_image(70, 90)
     img = decoded(x)
     whole_png, _ = downscale_image(tiny_ckpt, img, z_seed=2, tile=4096)
