@@ -40,17 +40,22 @@ def _check(tile: int, overlap: int, scale: int, precision: str) -> None:
 def _spans(size: int, tile: int, overlap: int) -> Iterator[tuple[int, int, int]]:
     """Yield (window_start, core_start, core_end) along one axis of ``size`` units.
 
-    Cores partition [0, size); each window is ``tile`` long (or the whole axis when shorter), starts
-    ``overlap`` before its core and slides inward at the borders, so every core keeps at least
-    ``overlap`` units of context on each side that is not an image border.
+    Cores partition [0, size); every window is ``tile`` long (or the whole axis when shorter) and
+    leaves at least ``overlap`` units of context on each side of its core that is not an image border.
+    The last window is aligned to the end of the axis, so all windows have the same shape.
     """
     if size <= tile:
         yield 0, 0, size
         return
-    step = tile - 2 * overlap
-    for core in range(0, size, step):
-        start = min(max(core - overlap, 0), size - tile)
-        yield start, core, min(core + step, size)
+    core = 0
+    while True:
+        start = max(core - overlap, 0)
+        if start + tile >= size:
+            yield size - tile, core, size
+            return
+        end = start + tile - overlap
+        yield start, core, end
+        core = end
 
 
 def _precision_ctx(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
