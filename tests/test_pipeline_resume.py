@@ -30,7 +30,6 @@ def test_killed_job_rerun_ends_with_one_ok_lr_per_valid_input(ray_session, s3_en
             f"storage.endpoint_url={s3_endpoint}", "actors.pool_size=1", "actors.batch_size=1", "rows_per_part=2"]
     # The killed run is a separate driver process on the session's cluster, as `ray job submit` would run it.
     gcs = ray_session.get_runtime_context().gcs_address
-    print("T start", time.monotonic(), flush=True)
     proc = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "ingest.py"), *args, f"ray.address={gcs}"],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -47,11 +46,9 @@ def test_killed_job_rerun_ends_with_one_ok_lr_per_valid_input(ray_session, s3_en
         proc.wait()
     fs.invalidate_cache()
     n_first = read_manifest(fs, "resume/out/_manifest").num_rows
-    print("T killed", time.monotonic(), n_first, flush=True)
     assert 0 < n_first < len(sizes) + 1, "the kill should land mid-way"
 
     summary = run_ingest(load_config(IngestConfig, None, args))
-    print("T rerun done", time.monotonic(), flush=True)
     assert summary["skipped"] >= n_first - 1
     fs.invalidate_cache()
     rows = read_manifest(fs, "resume/out/_manifest").to_pylist()

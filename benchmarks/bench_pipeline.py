@@ -1,0 +1,218 @@
+"""Pipeline benchmark: ingest/restore images/s and MP/s through Ray next to model-only throughput.
+
+Model-only = the same per-image work (decode, network, PNG encode) in this process with torch using
+``--cpus`` threads, no Ray and no storage. Pipeline = the Ray ingest/restore jobs on an embedded Ray with
+``--cpus`` CPUs and one 1-CPU actor per CPU (Ray gives each actor 1 torch thread), timed end to end
+(actor start-up included; Ray itself is started before timing). efficiency = pipeline MP/s / model MP/s.
+Driver memory: peak RSS growth of this process during ingests of N and 2N images (flat = no per-image state
+kept). Prints a table and writes JSON.
+
+    .venv/bin/python benchmarks/bench_pipeline.py --images 32 --size 256
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from irn_batch.checkpoint import checkpoint_bytes, checkpoint_from_bytes, default_weights_path  # noqa: E402
+from irn_batch.imageio import decode_image, encode_png  # noqa: E402
+from irn_batch.model import IRN, IRNConfig  # noqa: E402
+from irn_batch.rescale import content_seed, downscale_image, restore_image  # noqa: E402
+
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss(pid: int) -> int:
+    """Resident bytes of a process (Linux /proc), 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def descendants(pid: int) -> list[int]:
+    """All descendants of ``pid`` (the embedded Ray's processes for the driver), from /proc."""
+    parent: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out += kids
+        todo += kids
+    return out
+
+
+class RssSampler:
+    """Peak RSS of this process and of this process plus its descendants (the local Ray), sampled."""
+
+    def __init__(self, every: float = 0.2):
+        self.every, self.pid = every, os.getpid()
+        self.driver_peak = self.tree_peak = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            own = rss(self.pid)
+            tree = own + sum(rss(c) for c in descendants(self.pid))
+            self.driver_peak, self.tree_peak = max(self.driver_peak, own), max(self.tree_peak, tree)
+            time.sleep(self.every)
+
+    def __enter__(self) -> "RssSampler":
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def make_images(folder: Path, n: int, size: int, seed: int = 0) -> int:
+    """n smooth-plus-texture RGB PNGs of size x size; returns total pixels."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        f = rng.uniform(0.01, 0.2, (3, 2))
+        img = np.stack([0.5 + 0.4 * np.sin(f[c, 0] * x + i) * np.cos(f[c, 1] * y) for c in range(3)], -1)
+        img = np.clip(img + rng.normal(0, 0.03, img.shape), 0, 1)
+        Image.fromarray((img * 255).round().astype(np.uint8)).save(folder / f"img{i:04d}.png")
+    return n * size * size
+
+
+def model_only(ckpt_data: bytes, folder: Path, threads: int) -> dict:
+    """Same per-image work as the actors, in-process: returns seconds for downscale and restore."""
+    torch.set_num_threads(threads)
+    ckpt = checkpoint_from_bytes(ckpt_data)
+    files = sorted(folder.glob("*.png"))
+    datas = [f.read_bytes() for f in files]
+    lrs = []
+    downscale_image(ckpt, decode_image(datas[0]), z_seed=0)  # warm-up
+    t0 = time.perf_counter()
+    for d in datas:
+        lrs.append(downscale_image(ckpt, decode_image(d), z_seed=content_seed(d))[0])
+    t_down = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for lr in lrs:
+        encode_png(restore_image(ckpt, lr))
+    return {"ingest_s": t_down, "restore_s": time.perf_counter() - t0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--model", default=None, help="checkpoint (default: package weights, else random 8x32)")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "results" / "bench_pipeline.json"))
+    args = parser.parse_args(argv)
+
+    if args.model:
+        ckpt_data, source = Path(args.model).read_bytes(), args.model
+    elif default_weights_path(2).is_file():
+        ckpt_data, source = default_weights_path(2).read_bytes(), "package default x2"
+    else:
+        ckpt_data, source = checkpoint_bytes(IRN(IRNConfig(scale=2))), "random IRN x2 (8 blocks, growth 32)"
+    work = Path(tempfile.mkdtemp(prefix="bench_pipe_"))
+    model_path = work / "model.safetensors"
+    model_path.write_bytes(ckpt_data)
+    n = args.images
+    pixels = make_images(work / "in", n, args.size)
+    make_images(work / "in2x", 2 * n, args.size, seed=1)
+    make_images(work / "warm", 2, 64, seed=2)
+    mp = pixels / 1e6
+
+    base = model_only(ckpt_data, work / "in", args.cpus)
+
+    import ray
+
+    from irn_batch.pipeline.config import IngestConfig, RestoreConfig, load_config
+    from irn_batch.pipeline.ingest import run_ingest
+    from irn_batch.pipeline.restore import run_restore
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    common = [f"model={model_path}", f"actors.pool_size={args.cpus}", "actors.num_cpus=1", "actors.batch_size=2",
+              "progress_s=1e9"]
+
+    def ingest(src: str, dst: str) -> tuple[dict, RssSampler]:
+        cfg = load_config(IngestConfig, None, [f"input={work / src}", f"output={work / dst}", *common])
+        with RssSampler() as s:
+            out = run_ingest(cfg, log=lambda *_: None)
+        return out, s
+
+    ingest("warm", "warm_lr")  # Ray Data and worker imports warmed up once, outside the timings
+    rss0 = rss(os.getpid())
+    ing, s_ing = ingest("in", "lr")
+    rcfg = load_config(RestoreConfig, None, [f"input={work / 'lr'}", f"output={work / 'hr'}", *common])
+    with RssSampler() as s_rest:
+        rest = run_restore(rcfg, log=lambda *_: None)
+    rss1 = rss(os.getpid())
+    ing2, s_ing2 = ingest("in2x", "lr2x")
+    ray.shutdown()
+
+    res = {
+        "device": f"CPU ({platform.processor() or platform.machine()}), {args.cpus} cores for both sides; "
+                  f"load average at end {os.getloadavg()[0]:.1f}",
+        "model": source, "images": n, "size": args.size, "megapixels": round(mp, 3),
+        "model_only": {
+            "threads": args.cpus,
+            "ingest_img_s": n / base["ingest_s"], "ingest_mp_s": mp / base["ingest_s"],
+            "restore_img_s": n / base["restore_s"], "restore_mp_s": mp / base["restore_s"]},
+        "pipeline": {
+            "actors": args.cpus,
+            "ingest_img_s": n / ing["wall_s"], "ingest_mp_s": mp / ing["wall_s"], "ingest_wall_s": ing["wall_s"],
+            "restore_img_s": n / rest["wall_s"], "restore_mp_s": mp / rest["wall_s"],
+            "restore_wall_s": rest["wall_s"], "ok": [ing["ok"], rest["ok"], ing2["ok"]]},
+        "memory_mib": {
+            "driver_peak_ingest_n": s_ing.driver_peak / 2**20, "driver_peak_ingest_2n": s_ing2.driver_peak / 2**20,
+            "driver_growth_ingest_n": (s_ing.driver_peak - rss0) / 2**20,
+            "driver_growth_ingest_2n": (s_ing2.driver_peak - rss1) / 2**20,
+            "ray_tree_peak_ingest": s_ing.tree_peak / 2**20, "ray_tree_peak_restore": s_rest.tree_peak / 2**20},
+    }
+    res["efficiency"] = {"ingest": res["pipeline"]["ingest_mp_s"] / res["model_only"]["ingest_mp_s"],
+                         "restore": res["pipeline"]["restore_mp_s"] / res["model_only"]["restore_mp_s"]}
+    m, p, e = res["model_only"], res["pipeline"], res["efficiency"]
+    print(f"\n{res['device']}\nmodel: {source}; {n} images of {args.size}x{args.size} ({mp:.2f} MP)\n")
+    print(f"{'':<10}{'model-only img/s':>18}{'MP/s':>8}{'pipeline img/s':>16}{'MP/s':>8}{'efficiency':>12}")
+    for k in ("ingest", "restore"):
+        print(f"{k:<10}{m[k + '_img_s']:>18.2f}{m[k + '_mp_s']:>8.3f}{p[k + '_img_s']:>16.2f}"
+              f"{p[k + '_mp_s']:>8.3f}{e[k]:>12.2f}")
+    mm = res["memory_mib"]
+    print(f"\ndriver peak RSS: {mm['driver_peak_ingest_n']:.0f} MiB ({n} images), "
+          f"{mm['driver_peak_ingest_2n']:.0f} MiB ({2 * n} images); growth during run "
+          f"{mm['driver_growth_ingest_n']:.1f} / {mm['driver_growth_ingest_2n']:.1f} MiB")
+    print(f"driver + local Ray peak RSS: ingest {mm['ray_tree_peak_ingest']:.0f} MiB, "
+          f"restore {mm['ray_tree_peak_restore']:.0f} MiB")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
