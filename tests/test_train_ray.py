@@ -1,5 +1,6 @@
 """Ray Train: a 2-worker CPU TorchTrainer reads images from the loopback S3 server, stores its checkpoints
-there, and a second launch with the same name resumes from the latest one."""
+there, survives an injected worker failure (FailureConfig), and a second launch with the same name
+resumes from the latest checkpoint."""
 from __future__ import annotations
 
 import json
@@ -33,8 +34,8 @@ def s3_data(s3_endpoint):
     return fs
 
 
-def _job(endpoint: str, tmp_path, iterations: int):
-    return load_job_config("configs/train/ray_cpu_x2.yaml", TINY + [
+def _job(endpoint: str, tmp_path, iterations: int, *extra: str):
+    return load_job_config("configs/train/ray_cpu_x2.yaml", TINY + list(extra) + [
         f"train.iterations={iterations}",
         "data.train=s3://irn-train/photos/train",
         "data.val=s3://irn-train/photos/val",
@@ -52,11 +53,14 @@ def _checkpoints(fs) -> list[str]:
 def test_two_workers_checkpoint_to_s3_and_resume(ray_session, s3_endpoint, s3_data, tmp_path):
     from training.ray_train import run_training
 
-    first = run_training(_job(s3_endpoint, tmp_path, 4), log=lambda m: None)
+    # The last worker fails at iteration 3; FailureConfig restarts the group from checkpoint 2.
+    first = run_training(_job(s3_endpoint, tmp_path, 4, "run.fail_at=3", "ray.max_failures=1"), log=lambda m: None)
     assert first["iteration"] == 4
     fs = s3_data
     fs.invalidate_cache()
     assert _checkpoints(fs) == ["checkpoint_00000002", "checkpoint_00000004"]
+    hist4 = json.loads(fs.cat_file("irn-train/runs/resume_test/checkpoint_00000004/history.json"))
+    assert [r["iteration"] for r in hist4 if r["kind"] == "train"] == [1, 2, 3, 4]  # 3 once: replayed after the restart
     assert {"state.safetensors", "model.safetensors", "history.json"} <= {
         p.rsplit("/", 1)[-1] for p in fs.ls("irn-train/runs/resume_test/checkpoint_00000004")}
 

@@ -55,6 +55,9 @@ class RunSettings:
     keep_checkpoints: int = 3
     # Stop after this many iterations in this launch (None = run to train.iterations); resumable later.
     stop_after: Optional[int] = None
+    # Failure drill: the last worker raises once at this iteration (a marker object under the run's storage
+    # records it), so FailureConfig's restart from the latest checkpoint can be seen working.
+    fail_at: Optional[int] = None
 
 
 @dataclass

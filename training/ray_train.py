@@ -86,6 +86,17 @@ def _report(metrics: dict, files: dict[str, bytes] | None, it: int) -> None:
         ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_{it:08d}")
 
 
+def _fail_once(job: JobConfig, n: int) -> None:
+    """The ``run.fail_at`` drill: raise the first time only (marker object in the run's storage)."""
+    fs, root = open_fs(f"{job.run.storage_path.rstrip('/')}/{job.run.name}", job.data.storage)
+    marker = f"{root}/.failure_drill_{n}"
+    if fs.exists(marker):
+        return
+    fs.makedirs(root, exist_ok=True)
+    fs.pipe_file(marker, b"1")
+    raise RuntimeError(f"injected failure at iteration {n} (run.fail_at)")
+
+
 def train_loop_per_worker(config: dict) -> None:
     """The worker function: ``config["job"]`` is the :class:`JobConfig`."""
     job: JobConfig = config["job"]
@@ -122,6 +133,8 @@ def train_loop_per_worker(config: dict) -> None:
         hr, lr_ref = sampler.sample(local_batch)
         hr, lr_ref = hr.to(device, non_blocking=True), lr_ref.to(device, non_blocking=True)
         t1 = time.perf_counter()
+        if run.fail_at == n and rank == world - 1:
+            _fail_once(job, n)
         stats = train_step(replica, opt, hr, lr_ref, cfg, it, gen)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
