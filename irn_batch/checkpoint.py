@@ -102,7 +102,10 @@ def read_metadata(data: bytes) -> dict[str, str]:
 
 def checkpoint_from_bytes(data: bytes, name: str = "checkpoint") -> Checkpoint:
     """Rebuild a ready-to-run model (eval mode, CPU) from checkpoint bytes, verifying its model id."""
-    meta = read_metadata(data)
+    try:
+        meta = read_metadata(data)
+    except CheckpointError as e:
+        raise CheckpointError(f"{name}: {e}") from e
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{name}: not an irn_batch checkpoint (format={meta.get('format')!r})")
     try:
@@ -114,7 +117,9 @@ def checkpoint_from_bytes(data: bytes, name: str = "checkpoint") -> Checkpoint:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"{name}: weights do not fit the config {config}: {e}") from e
+        # torch lists every mismatching tensor; the first line says what kind of mismatch it is.
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"{name}: weights do not fit the config {config}: {first}") from e
     model_id = make_model_id(config, state)
     if meta.get("model_id") != model_id:
         raise CheckpointError(
