@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             r = bench_step(cfg, sampler, device, args.steps, args.warmup)
             sps = batch / r["step_s"]
             rows.append({
-                "device": device.type, "batch": batch, "patch": patch, "precision": prec, "step_s": round(r["step_s"], 3),
+                "device": device.type, "batch": batch, "patch": patch, "precision": prec,
+                "step_s": round(r["step_s"], 3),
                 "samples_per_s": round(sps, 2), "hr_mpix_per_s": round(sps * patch * patch / 1e6, 4),
                 "sampler_samples_per_s": round(feed, 1), "feed_margin": round(feed / sps, 1),
                 "paper_500k_days": round(500_000 * r["step_s"] * 16 / batch * (144 / patch) ** 2 / 86400, 1),
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     head = ("| device | batch x patch | precision | s/step | samples/s | HR MP/s | sampler samples/s | feed margin |\n"
             "| --- | --- | --- | --- | --- | --- | --- | --- |\n")
     table = head + "".join(
-        f"| {r['device']} | {r['batch']}x{r['patch']} | {r['precision']} | {r['step_s']:.3f} | {r['samples_per_s']:.2f} "
+        f"| {r['device']} | {r['batch']}x{r['patch']} | {r['precision']} | {r['step_s']:.3f} "
+        f"| {r['samples_per_s']:.2f} "
         f"| {r['hr_mpix_per_s']:.4f} | {r['sampler_samples_per_s']:.0f} | {r['feed_margin']:.0f}x |\n" for r in rows)
     print(table)
     env = {"torch": torch.__version__, "threads": args.threads, "cpu": platform.processor() or platform.machine(),

@@ -27,7 +27,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from irn_batch.checkpoint import Checkpoint, CheckpointError, resolve_model
-from irn_batch.imageio import ImageError, decode_image, to_uint8
+from irn_batch.imageio import DecodedImage, ImageError, decode_image, to_uint8
 from irn_batch.metrics import bicubic_lr, bicubic_resize, psnr_y, ssim_y
 from irn_batch.rescale import PRECISIONS, downscale_image, read_lr, restore_image
 from irn_batch.storage import IMAGE_SUFFIXES, StorageError, open_fs, to_uri
@@ -56,15 +56,16 @@ def bicubic_restore(hr: np.ndarray, scale: int) -> np.ndarray:
 
 def evaluate_image(ckpt: Checkpoint, hr: np.ndarray, draws: int, tile: int | None, precision: str) -> tuple[dict, dict]:
     """Scores of one (H, W, 3) float HR image, and the images used (for the grid)."""
-    from irn_batch.imageio import DecodedImage
-
     s = ckpt.model.scale
-    img = DecodedImage(rgb=hr.astype(np.float32), alpha=None, width=hr.shape[1], height=hr.shape[0], mode="RGB", format="PNG")
+    h, w = hr.shape[:2]
+    img = DecodedImage(rgb=hr.astype(np.float32), alpha=None, width=w, height=h, mode="RGB", format="PNG")
     lr_png, _ = downscale_image(ckpt, img, z_seed=0, tile=tile, precision=precision)
     lr = read_lr(lr_png)[1].rgb  # (h, w, 3) float32 on the 8-bit grid
     z0 = restore_image(ckpt, lr_png, temperature=0.0, tile=tile, precision=precision)
     rows = {"irn_z0": score(z0, hr, s)}
-    sampled = [restore_image(ckpt, lr_png, temperature=1.0, z_seed=k, tile=tile, precision=precision) for k in range(draws)]
+    sampled = [
+        restore_image(ckpt, lr_png, temperature=1.0, z_seed=k, tile=tile, precision=precision) for k in range(draws)
+    ]
     per_draw = [score(x, hr, s) for x in sampled]
     rows["irn_z"] = {k: float(np.mean([d[k] for d in per_draw])) for k in ("psnr_y", "ssim_y")} if draws else {}
     bic = bicubic_restore(hr, s)
@@ -131,11 +132,13 @@ def grid_png(panels: list[tuple[str, dict]], scale: int, size: int = 192) -> byt
         side = min(size, h, w) // scale * scale
         y, x = (h - side) // 2 // scale * scale, (w - side) // 2 // scale * scale
         lr = p["lr"][y // scale : (y + side) // scale, x // scale : (x + side) // scale]
-        crops = [p["hr"][y : y + side, x : x + side], lr, p["irn"][y : y + side, x : x + side], p["bicubic"][y : y + side, x : x + side]]
+        window = (slice(y, y + side), slice(x, x + side))
+        crops = [p["hr"][window], lr, p["irn"][window], p["bicubic"][window]]
         top = label + r * (size + label + pad)
         d.text((pad, top), name[:60], fill="black")
         for c, crop in enumerate(crops):
-            tile = Image.fromarray(crop if crop.dtype == np.uint8 else to_uint8(crop)).resize((size, size), Image.NEAREST)
+            pixels = crop if crop.dtype == np.uint8 else to_uint8(crop)
+            tile = Image.fromarray(pixels).resize((size, size), Image.NEAREST)
             im.paste(tile, (pad + c * (size + pad), top + label - 2))
     buf = io.BytesIO()
     im.save(buf, format="PNG")

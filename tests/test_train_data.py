@@ -131,7 +131,8 @@ def test_job_config_rejects_typos_and_bad_values(tmp_path):
     assert (job.train.scale, job.train.batch, job.train.patch, job.train.iterations) == (4, 16, 144, 10)
     paper = load_job_config("configs/train/irn_x8.yaml")
     assert (paper.train.iterations, paper.train.schedule, paper.train.z_scale) == (500_000, "multistep", 1.0)
-    for bad in (["train.iteratons=3"], ["trian.batch=2"], ["train.batch=abc"], ["ray.num_workers=3"], ["train.patch=15"]):
+    bad_overrides = ["train.iteratons=3", "trian.batch=2", "train.batch=abc", "ray.num_workers=3", "train.patch=15"]
+    for bad in ([b] for b in bad_overrides):
         with pytest.raises(ConfigError):
             load_job_config("configs/train/irn_x2.yaml", bad)
     with pytest.raises(ConfigError):

@@ -27,7 +27,7 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from irn_batch.storage import StorageConfig, open_fs
+from irn_batch.storage import open_fs
 from training.config import JobConfig
 from training.data import PatchSampler, center_crops
 from training.datasource import load_dataset
