@@ -30,7 +30,7 @@ from irn_batch.checkpoint import Checkpoint, CheckpointError, resolve_model
 from irn_batch.imageio import DecodedImage, ImageError, decode_image, to_uint8
 from irn_batch.metrics import bicubic_lr, bicubic_resize, psnr_y, ssim_y
 from irn_batch.rescale import PRECISIONS, downscale_image, read_lr, restore_image
-from irn_batch.storage import IMAGE_SUFFIXES, StorageError, open_fs, to_uri
+from irn_batch.storage import IMAGE_SUFFIXES, StorageConfig, StorageError, open_fs, to_uri
 
 METHODS = ("irn_z", "irn_z0", "bicubic", "lr")
 LABELS = {
@@ -75,8 +75,8 @@ def evaluate_image(ckpt: Checkpoint, hr: np.ndarray, draws: int, tile: int | Non
     return rows, {"hr": hr, "lr": lr, "irn": shown, "bicubic": bic}
 
 
-def _list(data: str) -> list[str]:
-    fs, root = open_fs(data)
+def _list(data: str, storage: StorageConfig | None = None) -> list[str]:
+    fs, root = open_fs(data, storage)
     if fs.isfile(root):
         return [to_uri(fs, root)]
     if not fs.isdir(root):
@@ -148,12 +148,13 @@ def grid_png(panels: list[tuple[str, dict]], scale: int, size: int = 192) -> byt
 def evaluate(
     ckpt: Checkpoint, uris: list[str], draws: int = 5, grid: int = 4, tile: int | None = None,
     precision: str = "fp32", max_pixels: int = 64_000_000, log=lambda m: print(m, file=sys.stderr, flush=True),
+    storage: StorageConfig | None = None,
 ) -> tuple[dict, bytes | None]:
     """(result dict, grid PNG bytes) for the images at ``uris``."""
     per_image, panels, t0 = [], [], time.time()
     for uri in uris:
         try:
-            fs, path = open_fs(uri)
+            fs, path = open_fs(uri, storage)
             hr = decode_image(fs.cat_file(path), max_pixels=max_pixels).rgb
             rows, shown = evaluate_image(ckpt, hr, draws, tile, precision)
         except (ImageError, OSError, StorageError) as e:
@@ -187,6 +188,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--endpoint-url", default=None, help="S3 endpoint for s3:// URLs (default: AWS_ENDPOINT_URL)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -203,17 +205,20 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
     ckpt.model.to(device).eval()
+    storage = StorageConfig(endpoint_url=args.endpoint_url)
     try:
-        uris = _list(args.data)[: args.limit]
+        uris = _list(args.data, storage)[: args.limit]
     except (StorageError, OSError) as e:
         raise UserError(args.data, str(e)) from None
     if not uris:
         raise UserError(args.data, "no images found")
-    result, grid = evaluate(ckpt, uris, max(0, args.draws), args.grid, args.tile or 1 << 30, args.precision)
+    result, grid = evaluate(
+        ckpt, uris, max(0, args.draws), args.grid, args.tile or 1 << 30, args.precision, storage=storage
+    )
     table = markdown(result)
     print(table)
     if args.out:
-        fs, root = open_fs(args.out)
+        fs, root = open_fs(args.out, storage)
         fs.makedirs(root, exist_ok=True)
         fs.pipe_file(f"{root}/eval.md", table.encode())
         fs.pipe_file(f"{root}/eval.json", json.dumps(result, indent=1).encode())

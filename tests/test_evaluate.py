@@ -109,3 +109,19 @@ def test_cli_evaluate_errors_are_one_line(tmp_path, tiny_ckpt_path, capsys):
     assert err.startswith("irn-batch: error:") and "nothing" in err and "\n" not in err
     assert main(["evaluate", "--model", str(tiny_ckpt_path), "--scale", "4", "--data", str(tmp_path)]) == 2
     assert "--scale 4" in capsys.readouterr().err
+
+
+pytest_plugins = ["pipeline_fixtures"]
+
+
+def test_cli_evaluate_reads_images_from_s3(s3_endpoint, tiny_ckpt_path, tmp_path, capsys):
+    from pipeline_fixtures import make_bucket, png_bytes
+
+    fs = make_bucket(s3_endpoint, "irn-eval")
+    fs.pipe_file("irn-eval/val/a.png", png_bytes(_photo(32, 40, seed=3)))
+    out = tmp_path / "s3out"
+    rc = main(["evaluate", "--model", str(tiny_ckpt_path), "--data", "s3://irn-eval/val", "--endpoint-url",
+               s3_endpoint, "--draws", "1", "--out", str(out)])
+    assert rc == 0
+    data = json.loads((out / "eval.json").read_text())
+    assert data["n_images"] == 1 and data["images"][0]["image"] == "s3://irn-eval/val/a.png"
