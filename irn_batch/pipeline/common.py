@@ -175,7 +175,9 @@ class Summary:
             "megapixels": round(mp, 4), "mp_per_s": round(mp / self.wall_s, 4) if self.wall_s else None,
             "images_per_s": round(self.ok / self.wall_s, 4) if self.wall_s else None,
             "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
-            "storage_saved": round(1 - self.bytes_out / self.bytes_in, 4) if self.bytes_in else None,
+            # only an ingest saves storage; a restore's "out" is the rebuilt HR
+            "storage_saved": round(1 - self.bytes_out / self.bytes_in, 4)
+            if self.bytes_in and self.kind == "ingest" else None,
             "wall_s": round(self.wall_s, 3),
         }
 
