@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from training.data import PatchSampler, center_crops, load_images
 from training.loop import TrainConfig, build_model, export_bytes, load_state_bytes, new_optimizer, state_bytes
 from training.loop import train_step, validate
+from training.report import training_report
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -64,6 +65,15 @@ def run_local(cfg: TrainConfig, data_url: str, val_url: str, out_dir: Path, val_
         if (it + 1) % ckpt_every == 0 or last:
             _atomic_write(state_path, state_bytes(model, opt, it + 1, cfg))
             _atomic_write(out_dir / "model.safetensors", export_bytes(model, cfg, it + 1))
+    log.close()
+    write_report(out_dir)
+
+
+def write_report(out_dir: Path) -> None:
+    """metrics.csv/json and the PNG curves from OUT_DIR/metrics.jsonl."""
+    lines = (out_dir / "metrics.jsonl").read_text().splitlines()
+    for name, data in training_report([json.loads(line) for line in lines if line.strip()]).items():
+        _atomic_write(out_dir / name, data)
 
 
 def main(argv: list[str] | None = None) -> int:
