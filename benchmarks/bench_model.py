@@ -278,17 +278,18 @@ def round_trip(model: IRN, hr: torch.Tensor, precision: str, tile: int | None, o
             return lr, model.upscale(lr, z).float()
 
 
-def run_study(size: int = 256, tile: int = 128) -> dict:
+def run_study(size: int = 256, tile: int = 128, overlaps=(0, 8, 16, 32, 48), scales=(2, 4), speed: bool = True) -> dict:
+    """Seam gap vs overlap and bf16 cost (round-trip Y-PSNR vs the original), tile size vs speed."""
     from irn_batch.metrics import psnr_y  # noqa: PLC0415
 
     hwc = lambda t: t[0].permute(1, 2, 0).clamp(0, 1)  # noqa: E731
     hr = photo(size)
     res: dict = {"image_side": hr.shape[-1], "tile": tile, "overlap": [], "precision": [], "tile_speed": []}
-    for scale in (2, 4):
+    for scale in scales:
         for name, model in models(scale):
             lr_w, hr_w = round_trip(model, hr, "fp32", None, 0)
             p_w = psnr_y(hwc(hr_w), hwc(hr), scale)
-            for ov in (0, 8, 16, 32, 48):
+            for ov in (o for o in overlaps if tile - 2 * o >= 8):
                 lr_t, hr_t = round_trip(model, hr, "fp32", tile, ov)
                 r = {"scale": scale, "weights": name, "overlap": ov, "psnr_whole": p_w,
                      "gap_db": p_w - psnr_y(hwc(hr_t), hwc(hr), scale),
@@ -304,7 +305,7 @@ def run_study(size: int = 256, tile: int = 128) -> dict:
             print("precision", r, flush=True)
     big = torch.rand(1, 3, 1024, 1024)
     model = perturbed(2)
-    for t in (128, 256, 512, 1024):
+    for t in (128, 256, 512, 1024) if speed else ():
         t0 = time.perf_counter()
         downscale_tiled(model, big, t, 32)
         r = {"scale": 2, "tile": t, "overlap": 32, "down_s_1024": time.perf_counter() - t0}
@@ -349,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memcheck-precision", default="fp32")
     p.add_argument("--study", action="store_true", help="also run the overlap/tile/precision study")
     p.add_argument("--study-only", action="store_true")
+    p.add_argument("--study-size", type=int, default=256, help="side of the photo crop for the study")
+    p.add_argument("--study-tile", type=int, default=128, help="tile used in the overlap study")
     p.add_argument("--out", type=Path, default=ROOT / "docs/results/bench_model.json")
     args = p.parse_args(argv)
     if args.quick:
@@ -358,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     result = {"machine": machine(), "tile": DEFAULT_TILE, "overlap": DEFAULT_OVERLAP}
     if args.study or args.study_only:
-        result["study"] = run_study()
+        result["study"] = run_study(args.study_size, args.study_tile, speed=not args.quick)
     if args.study_only:
         args.sizes, args.no_memcheck = [], True
     for dev in devices:

@@ -1,19 +1,22 @@
 """Tiled IRN downscale/upscale: peak memory set by the tile size, not the image size.
 
-The image is cut into a grid of *cores* (``tile - 2*overlap`` HR pixels on a side). Each core is run
-inside a ``tile`` x ``tile`` window that adds ``overlap`` pixels of context on every side (windows at
-the image border slide inward, so every window has the same shape), and only the core of each window's
-output is kept. Because the network's influence decays quickly with distance, the kept centres match
-whole-image processing; what little differs lies inside the overlap, away from the pasted seams.
+Each axis is cut into *cores* that partition the image; each core runs inside a ``tile``-long window
+that gives it at least ``overlap`` pixels of context on every side that is not an image border (the
+last window is aligned to the image end, so all windows have one shape), and only the core of each
+window's output is kept. The network's influence decays fast with distance, so the kept cores match
+whole-image processing; what differs lies in the discarded margins, not at the pasted seams.
 
-Defaults, measured (docs/results/bench_model.md, ``benchmarks/bench_model.py --tiling``): with random
-non-trivial weights on a natural photo the Y-PSNR gap to whole-image processing is already tiny at
-16 px overlap and below 0.01 dB from 32 px on (x2 and x4), and throughput grows with the tile until
-about 512 px, where the overlap costs ~30% extra work; beyond that memory grows with no speed gain.
-Hence DEFAULT_TILE = 512 and DEFAULT_OVERLAP = 32 (HR pixels).
+Choice of defaults (measured, docs/results/bench_model.md; ``benchmarks/bench_model.py --study``):
+- overlap: with random non-trivial weights and with the trained x2 weights on a photo crop, the
+  round-trip Y-PSNR gap to whole-image processing is far below 0.05 dB from 16 HR px on, and the LR
+  differs by well under half an 8-bit step at 32 px (x2 and x4; tests/test_tiling.py checks both).
+  32 px gives a safety margin, x4 included (8 LR px of context at the coarsest level).
+- tile: the overlap costs (tile / (tile - 2*overlap))^2 extra work: 1.78x at 256, 1.31x at 512,
+  1.14x at 1024. 512 keeps the waste moderate while one window's working set stays ~100-200 MiB
+  (x4 dense-block buffer 176 x 256 x 256 fp32 = 46 MiB), so a 24-MP x4 image stays far below 2 GiB.
 
-Windows run on the model's device (under ``torch.autocast`` for ``precision="bf16"``); results are
-gathered into a float32 CPU tensor.
+Windows run on the model's device (under ``torch.autocast`` bf16 for ``precision="bf16"``); results
+are gathered into a float32 CPU tensor.
 """
 from __future__ import annotations
 
