@@ -7,10 +7,10 @@ window's output is kept. The network's influence decays fast with distance, so t
 whole-image processing; what differs lies in the discarded margins, not at the pasted seams.
 
 Choice of defaults (measured, docs/results/bench_model.md; ``benchmarks/bench_model.py --study``):
-- overlap: with random non-trivial weights and with the trained x2 weights on a photo crop, the
-  round-trip Y-PSNR gap to whole-image processing is far below 0.05 dB from 16 HR px on, and the LR
-  differs by well under half an 8-bit step at 32 px (x2 and x4; tests/test_tiling.py checks both).
-  32 px gives a safety margin, x4 included (8 LR px of context at the coarsest level).
+- overlap: with no overlap the LR differs by up to 51 8-bit steps at the seams (random non-trivial
+  weights, photo crop). With 16 HR px the x2 LR and HR stay within 0.5/255 of whole-image processing
+  and the round-trip Y-PSNR gap is < 0.05 dB, but x4 upscaling still differs by ~3 steps (only 4 LR
+  px of context at the coarsest level); 32 px passes every bound for x2 and x4 (tests/test_tiling.py).
 - tile: the overlap costs (tile / (tile - 2*overlap))^2 extra work: 1.78x at 256, 1.31x at 512,
   1.14x at 1024. 512 keeps the waste moderate while one window's working set stays ~100-200 MiB
   (x4 dense-block buffer 176 x 256 x 256 fp32 = 46 MiB), so a 24-MP x4 image stays far below 2 GiB.
