@@ -5,7 +5,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow as pa
 import ray
@@ -81,6 +81,26 @@ def items_dataset(items: list[dict[str, Any]], schema: pa.Schema, n_blocks: int)
 
 READ_SCHEMA_EXTRA = [("data", pa.large_binary()), ("read_s", pa.float64()), ("pre_error", pa.string()),
                      ("skip", pa.bool_())]
+
+
+def stream_rows(items: list[dict[str, Any]], item_schema: pa.Schema, actor_cls: type, uri_col: str, cfg: Any,
+                ckpt_bytes: bytes, job_id: str) -> Iterator[list[dict[str, Any]]]:
+    """The job's Ray Data stream: work items -> byte reads (per record) -> model actor pool -> result rows.
+
+    ``cfg`` is an IngestConfig or RestoreConfig; both carry ray, actors, storage and max_input_bytes.
+    """
+    init_ray(cfg.ray)
+    n_blocks = max(1, min(len(items), 100_000, -(-len(items) // cfg.actors.batch_size)))
+    ds = items_dataset(items, item_schema, n_blocks)
+    # num_cpus=0: the reads are I/O bound and must not wait for CPUs the model actors hold
+    ds = ds.map_batches(read_stage, batch_format="pyarrow", batch_size=None, num_cpus=0,
+                        fn_kwargs={"storage": cfg.storage, "max_bytes": cfg.max_input_bytes, "uri_col": uri_col})
+    ds = ds.map_batches(actor_cls, batch_format="pyarrow", batch_size=cfg.actors.batch_size,
+                        compute=ray.data.ActorPoolStrategy(size=pool_size(cfg.actors, len(items))),
+                        num_cpus=cfg.actors.num_cpus, num_gpus=cfg.actors.num_gpus,
+                        fn_constructor_kwargs={"ckpt_bytes": ckpt_bytes, "cfg": cfg, "job_id": job_id})
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        yield batch.to_pylist()
 
 
 def read_stage(batch: pa.Table, storage: StorageConfig, max_bytes: int, uri_col: str) -> pa.Table:

@@ -10,12 +10,11 @@ import time
 from typing import Any
 
 import pyarrow as pa
-import ray
 
 from irn_batch.manifest import INGEST_SCHEMA, MANIFEST_DIR, ManifestWriter, empty_row, latest_rows, new_job_id
 from irn_batch.manifest import read_manifest, to_table
-from irn_batch.pipeline.common import Summary, init_ray, load_model_bytes, one_line, pool_size, read_stage
-from irn_batch.pipeline.common import items_dataset, set_threads
+from irn_batch.pipeline.common import Summary, load_model_bytes, one_line
+from irn_batch.pipeline.common import set_threads, stream_rows
 from irn_batch.pipeline.config import IngestConfig
 from irn_batch.storage import StorageError, derived_key, join_key, list_keys, open_fs, safe_key, sha256_hex
 from irn_batch.storage import to_uri
@@ -135,20 +134,8 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
     fs_m, m_path = open_fs(manifest_dir, cfg.storage)
     writer = ManifestWriter(fs_m, m_path, job_id, INGEST_SCHEMA, cfg.rows_per_part, seconds=cfg.progress_s)
     if items:
-        init_ray(cfg.ray)
-        n_blocks = max(1, min(len(items), 100_000, -(-len(items) // cfg.actors.batch_size)))
-        ds = items_dataset(items, ITEM_SCHEMA, n_blocks)
-        # num_cpus=0: the reads are I/O bound and must not wait for CPUs the model actors hold
-        ds = ds.map_batches(read_stage, batch_format="pyarrow", batch_size=None, num_cpus=0,
-                            fn_kwargs={"storage": cfg.storage, "max_bytes": cfg.max_input_bytes,
-                                       "uri_col": "source_uri"})
-        ds = ds.map_batches(IngestActor, batch_format="pyarrow", batch_size=cfg.actors.batch_size,
-                            compute=ray.data.ActorPoolStrategy(size=pool_size(cfg.actors, len(items))),
-                            num_cpus=cfg.actors.num_cpus, num_gpus=cfg.actors.num_gpus,
-                            fn_constructor_kwargs={"ckpt_bytes": ckpt_bytes, "cfg": cfg, "job_id": job_id})
         last = time.monotonic()
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            rows = batch.to_pylist()
+        for rows in stream_rows(items, ITEM_SCHEMA, IngestActor, "source_uri", cfg, ckpt_bytes, job_id):
             for r in rows:
                 summary.add(r, r["source_bytes"], r["lr_bytes"])
             writer.add([r for r in rows if r["status"] != "skipped"])
