@@ -3,11 +3,12 @@
 Model-only = the same per-image work (decode, network, PNG encode) in this process with torch using
 ``--cpus`` threads, no Ray and no storage. Pipeline = the Ray ingest/restore jobs on an embedded Ray with
 ``--cpus`` CPUs and one 1-CPU actor per CPU (Ray gives each actor 1 torch thread), timed end to end
-(actor start-up included; Ray itself is started before timing). efficiency = pipeline MP/s / model MP/s.
-Driver memory: peak RSS growth of this process during ingests of N and 2N images (flat = no per-image state
-kept). Prints a table and writes JSON.
+(actor start-up included; Ray itself is started before timing). efficiency = pipeline MP/s / model MP/s;
+the steady figures leave out the start-up (time to the first result). Driver memory: peak RSS of this process
+during ingests of N and 2N images (flat = no per-image state kept); the local Ray's memory as the peak PSS
+sum of its processes (RSS would count the shared object store once per worker). Prints a table, writes JSON.
 
-    .venv/bin/python benchmarks/bench_pipeline.py --images 32 --size 256
+    .venv/bin/python benchmarks/bench_pipeline.py --images 48 --size 384
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +33,8 @@ from irn_batch.checkpoint import checkpoint_bytes, checkpoint_from_bytes, defaul
 from irn_batch.imageio import decode_image, encode_png  # noqa: E402
 from irn_batch.model import IRN, IRNConfig  # noqa: E402
 from irn_batch.rescale import content_seed, downscale_image, restore_image  # noqa: E402
+from irn_batch.manifest import read_manifest  # noqa: E402
+from irn_batch.storage import open_fs  # noqa: E402
 
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -43,6 +47,19 @@ def rss(pid: int) -> int:
             return int(f.read().split()[1]) * PAGE
     except (OSError, IndexError, ValueError):
         return 0
+
+
+def pss(pid: int) -> int:
+    """Proportional set size of a process: shared pages (Ray's object store is mapped into every worker)
+    are split among the processes that map them, so a sum over processes counts each page once."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    return 0
 
 
 def descendants(pid: int) -> list[int]:
@@ -65,9 +82,9 @@ def descendants(pid: int) -> list[int]:
 
 
 class RssSampler:
-    """Peak RSS of this process and of this process plus its descendants (the local Ray), sampled."""
+    """Peak RSS of this process, and peak PSS of this process plus its descendants (the local Ray)."""
 
-    def __init__(self, every: float = 0.2):
+    def __init__(self, every: float = 0.5):
         self.every, self.pid = every, os.getpid()
         self.driver_peak = self.tree_peak = 0
         self._stop = threading.Event()
@@ -76,7 +93,7 @@ class RssSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             own = rss(self.pid)
-            tree = own + sum(rss(c) for c in descendants(self.pid))
+            tree = pss(self.pid) + sum(pss(c) for c in descendants(self.pid))
             self.driver_peak, self.tree_peak = max(self.driver_peak, own), max(self.tree_peak, tree)
             time.sleep(self.every)
 
@@ -124,24 +141,30 @@ def model_only(ckpt_data: bytes, folder: Path, threads: int) -> dict:
 
 def markdown(res: dict) -> str:
     """The result as a small Markdown report (what the README quotes)."""
-    m, p, e, mm = res["model_only"], res["pipeline"], res["efficiency"], res["memory_mib"]
+    m, p, mm = res["model_only"], res["pipeline"], res["memory_mib"]
     lines = [
         "# Pipeline benchmark (`benchmarks/bench_pipeline.py`)", "",
         f"{res['device']}. Model: {res['model']}. {res['images']} images of {res['size']}x{res['size']} "
-        f"({res['megapixels']} MP).", "",
-        "| | model-only img/s | model-only MP/s | Ray pipeline img/s | Ray pipeline MP/s | efficiency |",
-        "|---|---|---|---|---|---|",
+        f"({res['megapixels']} MP); {p['actors']} actors of 1 CPU, {p['batch_size']} images per actor call.", "",
+        "| | model-only img/s | MP/s | Ray job img/s | MP/s | efficiency | job wall s | first result s "
+        "| steady img/s | steady efficiency |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for k in ("ingest", "restore"):
-        lines.append(f"| {k} | {m[k + '_img_s']:.2f} | {m[k + '_mp_s']:.3f} | {p[k + '_img_s']:.2f} | "
-                     f"{p[k + '_mp_s']:.3f} | {e[k]:.2f} |")
+        steady = res["steady_efficiency"][k]
+        lines.append(f"| {k} | {m[k + '_img_s']:.3f} | {m[k + '_mp_s']:.3f} | {p[k + '_img_s']:.3f} | "
+                     f"{p[k + '_mp_s']:.3f} | {res['efficiency'][k]:.2f} | "
+                     f"{p[k + '_wall_s']:.1f} | {p[k + '_first_result_s']:.1f} | {p[k + '_steady_img_s'] or 0:.3f} | "
+                     f"{steady if steady is None else f'{steady:.2f}'} |")
     lines += [
         "", f"Driver peak RSS {mm['driver_peak_ingest_n']:.0f} MiB ({res['images']} images) vs "
-        f"{mm['driver_peak_ingest_2n']:.0f} MiB ({2 * res['images']} images); driver + local Ray peak RSS "
-        f"{mm['ray_tree_peak_ingest']:.0f} MiB (ingest), {mm['ray_tree_peak_restore']:.0f} MiB (restore).", "",
+        f"{mm['driver_peak_ingest_2n']:.0f} MiB ({2 * res['images']} images). Driver + local Ray peak PSS "
+        f"{mm['ray_tree_pss_peak_ingest']:.0f} MiB (ingest), {mm['ray_tree_pss_peak_restore']:.0f} MiB (restore).",
+        "",
         "Model-only runs the same per-image work (decode, network, PNG encode/decode) in one process with torch "
-        "using all the cores; the pipeline times the whole Ray job (listing, reads, actor start-up, writes, "
-        "manifest).", "",
+        "using all the cores. The Ray job is timed end to end (planning, actor start-up, reads, writes, "
+        "manifest); efficiency = Ray job img/s / model-only img/s. Steady img/s counts the images finished "
+        "after the first result over the time they took, i.e. without the fixed start-up.", "",
     ]
     return "\n".join(lines)
 
@@ -151,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=4, help="records per actor call")
     parser.add_argument("--model", default=None, help="checkpoint (default: package weights, else random 8x32)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "results" / "bench_pipeline.json"))
     args = parser.parse_args(argv)
@@ -180,58 +204,60 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
-    common = [f"model={model_path}", f"actors.pool_size={args.cpus}", "actors.num_cpus=1", "actors.batch_size=2",
-              "progress_s=1e9"]
+    common = [f"model={model_path}", f"actors.pool_size={args.cpus}", "actors.num_cpus=1",
+              f"actors.batch_size={args.batch_size}", "progress_s=1e9"]
 
-    def ingest(src: str, dst: str) -> tuple[dict, RssSampler]:
-        cfg = load_config(IngestConfig, None, [f"input={work / src}", f"output={work / dst}", *common])
-        with RssSampler() as s:
-            out = run_ingest(cfg, log=lambda *_: None)
-        return out, s
+    def timed(run, cfg) -> dict:
+        """Run one job under the memory sampler; add its start-up and steady-state figures."""
+        t0 = time.time()
+        with RssSampler() as sampler:
+            out = run(cfg, log=lambda *_: None)
+        fs, path = open_fs(out["manifest"], cfg.storage)
+        rows = read_manifest(fs, path).filter(pc.equal(pc.field("job_id"), out["job_id"]))
+        done = sorted(rows.column("finished_at").to_pylist())
+        out.update(driver_peak=sampler.driver_peak, tree_peak=sampler.tree_peak,
+                   first_result_s=done[0] - t0,
+                   # images finished after the first one, over the time they took: the rate once all
+                   # actors are up, free of Ray and actor start-up
+                   steady_img_s=(len(done) - 1) / (done[-1] - done[0]) if len(done) > 1 else None)
+        return out
+
+    def ingest(src: str, dst: str) -> dict:
+        return timed(run_ingest, load_config(IngestConfig, None, [f"input={work / src}", f"output={work / dst}",
+                                                                   *common]))
 
     ingest("warm", "warm_lr")  # Ray Data and worker imports warmed up once, outside the timings
     rss0 = rss(os.getpid())
-    ing, s_ing = ingest("in", "lr")
-    rcfg = load_config(RestoreConfig, None, [f"input={work / 'lr'}", f"output={work / 'hr'}", *common])
-    with RssSampler() as s_rest:
-        rest = run_restore(rcfg, log=lambda *_: None)
+    ing = ingest("in", "lr")
+    rest = timed(run_restore, load_config(RestoreConfig, None, [f"input={work / 'lr'}", f"output={work / 'hr'}",
+                                                                  *common]))
     rss1 = rss(os.getpid())
-    ing2, s_ing2 = ingest("in2x", "lr2x")
+    ing2 = ingest("in2x", "lr2x")
     ray.shutdown()
 
     res = {
         "device": f"CPU ({platform.processor() or platform.machine()}), {args.cpus} cores for both sides; "
                   f"load average at end {os.getloadavg()[0]:.1f}",
         "model": source, "images": n, "size": args.size, "megapixels": round(mp, 3),
-        "model_only": {
-            "threads": args.cpus,
-            "ingest_img_s": n / base["ingest_s"], "ingest_mp_s": mp / base["ingest_s"],
-            "restore_img_s": n / base["restore_s"], "restore_mp_s": mp / base["restore_s"]},
-        "pipeline": {
-            "actors": args.cpus,
-            "ingest_img_s": n / ing["wall_s"], "ingest_mp_s": mp / ing["wall_s"], "ingest_wall_s": ing["wall_s"],
-            "restore_img_s": n / rest["wall_s"], "restore_mp_s": mp / rest["wall_s"],
-            "restore_wall_s": rest["wall_s"], "ok": [ing["ok"], rest["ok"], ing2["ok"]]},
+        "model_only": {"threads": args.cpus, "ingest_s": base["ingest_s"], "restore_s": base["restore_s"]},
+        "pipeline": {"actors": args.cpus, "batch_size": args.batch_size, "ok": [ing["ok"], rest["ok"], ing2["ok"]]},
+        "efficiency": {}, "steady_efficiency": {},
         "memory_mib": {
-            "driver_peak_ingest_n": s_ing.driver_peak / 2**20, "driver_peak_ingest_2n": s_ing2.driver_peak / 2**20,
-            "driver_growth_ingest_n": (s_ing.driver_peak - rss0) / 2**20,
-            "driver_growth_ingest_2n": (s_ing2.driver_peak - rss1) / 2**20,
-            "ray_tree_peak_ingest": s_ing.tree_peak / 2**20, "ray_tree_peak_restore": s_rest.tree_peak / 2**20},
+            "driver_peak_ingest_n": ing["driver_peak"] / 2**20, "driver_peak_ingest_2n": ing2["driver_peak"] / 2**20,
+            "driver_growth_ingest_n": (ing["driver_peak"] - rss0) / 2**20,
+            "driver_growth_ingest_2n": (ing2["driver_peak"] - rss1) / 2**20,
+            "ray_tree_pss_peak_ingest": ing["tree_peak"] / 2**20,
+            "ray_tree_pss_peak_restore": rest["tree_peak"] / 2**20},
     }
-    res["efficiency"] = {"ingest": res["pipeline"]["ingest_mp_s"] / res["model_only"]["ingest_mp_s"],
-                         "restore": res["pipeline"]["restore_mp_s"] / res["model_only"]["restore_mp_s"]}
-    m, p, e = res["model_only"], res["pipeline"], res["efficiency"]
-    print(f"\n{res['device']}\nmodel: {source}; {n} images of {args.size}x{args.size} ({mp:.2f} MP)\n")
-    print(f"{'':<10}{'model-only img/s':>18}{'MP/s':>8}{'pipeline img/s':>16}{'MP/s':>8}{'efficiency':>12}")
-    for k in ("ingest", "restore"):
-        print(f"{k:<10}{m[k + '_img_s']:>18.2f}{m[k + '_mp_s']:>8.3f}{p[k + '_img_s']:>16.2f}"
-              f"{p[k + '_mp_s']:>8.3f}{e[k]:>12.2f}")
-    mm = res["memory_mib"]
-    print(f"\ndriver peak RSS: {mm['driver_peak_ingest_n']:.0f} MiB ({n} images), "
-          f"{mm['driver_peak_ingest_2n']:.0f} MiB ({2 * n} images); growth during run "
-          f"{mm['driver_growth_ingest_n']:.1f} / {mm['driver_growth_ingest_2n']:.1f} MiB")
-    print(f"driver + local Ray peak RSS: ingest {mm['ray_tree_peak_ingest']:.0f} MiB, "
-          f"restore {mm['ray_tree_peak_restore']:.0f} MiB")
+    for k, job in (("ingest", ing), ("restore", rest)):
+        model_img_s = n / base[k + "_s"]
+        res["model_only"].update({k + "_img_s": model_img_s, k + "_mp_s": mp / base[k + "_s"]})
+        res["pipeline"].update({k + "_img_s": n / job["wall_s"], k + "_mp_s": mp / job["wall_s"],
+                                k + "_wall_s": job["wall_s"], k + "_first_result_s": job["first_result_s"],
+                                k + "_steady_img_s": job["steady_img_s"]})
+        res["efficiency"][k] = (n / job["wall_s"]) / model_img_s
+        res["steady_efficiency"][k] = job["steady_img_s"] / model_img_s if job["steady_img_s"] else None
+    print("\n" + markdown(res))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
     Path(args.out).with_suffix(".md").write_text(markdown(res))

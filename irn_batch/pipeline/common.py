@@ -1,4 +1,4 @@
-"""Pieces shared by ingest and restore: Ray start-up, the model bytes, the read stage, summaries."""
+"""Pieces shared by ingest and restore: Ray start-up, the model bytes, the Ray Data stream, summaries."""
 from __future__ import annotations
 
 import os
@@ -12,7 +12,8 @@ import ray
 
 from irn_batch.checkpoint import CheckpointError, checkpoint_from_bytes, default_weights_path
 from irn_batch.pipeline.config import ActorConfig, RayConfig
-from irn_batch.storage import StorageConfig, open_fs, read_limited, sha256_hex
+from irn_batch.pipeline.read import read_stage
+from irn_batch.storage import StorageConfig, open_fs
 
 
 def init_ray(rc: RayConfig) -> None:
@@ -54,7 +55,7 @@ def load_model_bytes(model: str | None, scale: int, storage: StorageConfig) -> t
 
 
 def pool_size(ac: ActorConfig, n_items: int) -> int:
-    """Actors to start: configured, else as many as the cluster's CPUs (or GPUs) allow, at most one per item."""
+    """Actors to start: configured, else as many as the cluster's CPUs (or GPUs) allow; at most ``n_items``."""
     if ac.pool_size:
         return max(1, min(ac.pool_size, max(n_items, 1)))
     res = ray.cluster_resources()
@@ -79,10 +80,6 @@ def items_dataset(items: list[dict[str, Any]], schema: pa.Schema, n_blocks: int)
     return ray.data.from_arrow([table.slice(i, step) for i in range(0, len(items), step)])
 
 
-READ_SCHEMA_EXTRA = [("data", pa.large_binary()), ("read_s", pa.float64()), ("pre_error", pa.string()),
-                     ("skip", pa.bool_())]
-
-
 def stream_rows(items: list[dict[str, Any]], item_schema: pa.Schema, actor_cls: type, uri_col: str, cfg: Any,
                 ckpt_bytes: bytes, job_id: str) -> Iterator[list[dict[str, Any]]]:
     """The job's Ray Data stream: work items -> byte reads (per record) -> model actor pool -> result rows.
@@ -92,58 +89,18 @@ def stream_rows(items: list[dict[str, Any]], item_schema: pa.Schema, actor_cls: 
     init_ray(cfg.ray)
     n_blocks = max(1, min(len(items), 100_000, -(-len(items) // cfg.actors.batch_size)))
     ds = items_dataset(items, item_schema, n_blocks)
-    # num_cpus=0: the reads are I/O bound and must not wait for CPUs the model actors hold
+    # num_cpus=0: the reads are I/O bound and must not wait for CPUs the model actors hold; a fixed
+    # number of read tasks (one per actor), or Ray would start a new worker process per pending block
+    n_actors = pool_size(cfg.actors, n_blocks)  # an actor without a block would only cost start-up
     ds = ds.map_batches(read_stage, batch_format="pyarrow", batch_size=None, num_cpus=0,
+                        compute=ray.data.TaskPoolStrategy(size=n_actors),
                         fn_kwargs={"storage": cfg.storage, "max_bytes": cfg.max_input_bytes, "uri_col": uri_col})
     ds = ds.map_batches(actor_cls, batch_format="pyarrow", batch_size=cfg.actors.batch_size,
-                        compute=ray.data.ActorPoolStrategy(size=pool_size(cfg.actors, len(items))),
+                        compute=ray.data.ActorPoolStrategy(size=n_actors),
                         num_cpus=cfg.actors.num_cpus, num_gpus=cfg.actors.num_gpus,
                         fn_constructor_kwargs={"ckpt_bytes": ckpt_bytes, "cfg": cfg, "job_id": job_id})
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         yield batch.to_pylist()
-
-
-def read_stage(batch: pa.Table, storage: StorageConfig, max_bytes: int, uri_col: str) -> pa.Table:
-    """Add each record's bytes (or a read error) to the stream, one record at a time.
-
-    A record with ``check_sha`` set is first compared against the object at ``check_uri``: when that
-    object exists with that checksum the record is marked ``skip`` and its source is not read.
-    """
-    rows = batch.to_pylist()
-    data, times, errors, skips = [], [], [], []
-    for r in rows:
-        t0 = time.perf_counter()
-        blob, err, skip = None, r.get("pre_error"), False
-        if err is None and r.get("check_sha"):
-            try:
-                fs, p = open_fs(r["check_uri"], storage)
-                skip = fs.exists(p) and sha256_hex(fs.cat_file(p)) == r["check_sha"]
-            except Exception:  # an unreadable previous output just means: redo it
-                skip = False
-        if err is None and not skip:
-            try:
-                fs, p = open_fs(r[uri_col], storage)
-                blob = read_limited(fs, p, max_bytes)
-            except FileNotFoundError:
-                err = "read: object not found"
-            except Exception as e:  # one unreadable object must not stop the stream
-                err = f"read: {one_line(e)}"
-        data.append(blob)
-        times.append(time.perf_counter() - t0)
-        errors.append(err)
-        skips.append(skip)
-    out = batch.drop_columns([c for c in ("pre_error",) if c in batch.column_names])
-    for (name, typ), col in zip(READ_SCHEMA_EXTRA, (data, times, errors, skips)):
-        out = out.append_column(pa.field(name, typ), pa.array(col, type=typ))
-    return out
-
-
-def one_line(e: BaseException) -> str:
-    """An exception as one short line: 'Type: message' (or just the message for our own errors)."""
-    msg = " ".join(str(e).split()) or type(e).__name__
-    if type(e).__name__ in ("ImageError", "StorageError", "CheckpointError", "RescaleError"):
-        return msg[:500]
-    return f"{type(e).__name__}: {msg}"[:500]
 
 
 @dataclass

@@ -13,9 +13,10 @@ import pyarrow as pa
 
 from irn_batch.manifest import MANIFEST_DIR, RESTORE_SCHEMA, ManifestWriter, empty_row, latest_rows, new_job_id
 from irn_batch.manifest import part_paths, read_manifest, to_table
-from irn_batch.pipeline.common import Summary, load_model_bytes, one_line
+from irn_batch.pipeline.common import Summary, load_model_bytes
 from irn_batch.pipeline.common import set_threads, stream_rows
 from irn_batch.pipeline.config import RestoreConfig
+from irn_batch.pipeline.read import one_line
 from irn_batch.storage import StorageError, atomic_write, derived_key, join_key, list_keys, open_fs, safe_key
 from irn_batch.storage import sha256_hex, to_uri
 
