@@ -8,7 +8,7 @@ the steady figures leave out the start-up (time to the first result). Driver mem
 during ingests of N and 2N images (flat = no per-image state kept); the local Ray's memory as the peak PSS
 sum of its processes (RSS would count the shared object store once per worker). Prints a table, writes JSON.
 
-    .venv/bin/python benchmarks/bench_pipeline.py --images 48 --size 384
+    .venv/bin/python benchmarks/bench_pipeline.py --images 64 --size 384
 """
 from __future__ import annotations
 
@@ -171,8 +171,8 @@ def markdown(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=32)
-    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--size", type=int, default=384)
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=4, help="records per actor call")
     parser.add_argument("--model", default=None, help="checkpoint (default: package weights, else random 8x32)")

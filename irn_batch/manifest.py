@@ -2,6 +2,8 @@
 
 Layout: ``<dir>/<job_id>-part-<n>.parquet``. Job ids are unique (UTC time + random), so two jobs never
 write the same part, and each part is written atomically, so a killed job leaves only whole parts.
+``status`` is ``ok``, ``error`` or, in an ingest rerun, ``skipped``: the input's earlier ``ok`` LR was found
+intact and not redone, so every input of every job has a row in that job's parts.
 """
 from __future__ import annotations
 
@@ -121,10 +123,15 @@ def read_manifest(fs: fsspec.AbstractFileSystem, path: str, schema: pa.Schema | 
 
 
 def latest_rows(table: pa.Table, key: str = "source_uri") -> dict[str, dict[str, Any]]:
-    """The most recent attempt per ``key`` value (by ``finished_at``), as plain dicts."""
+    """The most recent attempt per ``key`` value (by ``finished_at``), as plain dicts.
+
+    ``skipped`` rows are receipts (a later job found the earlier ``ok`` LR intact), not attempts: they never
+    replace the row they point at.
+    """
     out: dict[str, dict[str, Any]] = {}
     for row in sorted(table.to_pylist(), key=lambda r: (r.get("finished_at") or 0.0)):
-        out[row[key]] = row
+        if row.get("status") != "skipped":
+            out[row[key]] = row
     return out
 
 

@@ -102,3 +102,15 @@ def test_bad_inputs_end_as_ok_or_clear_error_rows(ray_session, tmp_path, tiny_ck
             out = tmp_path / "hr" / key.replace(".jpg", ".png").replace(".tif", ".png")
             img = Image.open(out)
             assert img.size == want and img.mode == ("RGBA" if key == "rgba.png" else "RGB"), key
+
+    # a rerun redoes nothing yet gives every input a row; retry_errors=true redoes the errors
+    again = run_ingest(cfg)
+    assert again["ok"] == 0 and again["skipped"] + again["error"] == len(keys)
+    rerun = {r["key"]: r for r in read_manifest(fs, m).to_pylist() if r["job_id"] == again["job_id"]}
+    assert set(rerun) == set(keys)
+    assert all(rerun[k]["status"] == "skipped" for k, want in expected.items() if isinstance(want, tuple))
+    assert "not retried" in rerun["corrupt.png"]["error"] and "corrupt" in rerun["corrupt.png"]["error"]
+    retry = run_ingest(load_config(IngestConfig, None, [f"input={tmp_path / 'in'}", f"output={tmp_path / 'lr'}",
+                                                        "retry_errors=true", f"keys={json.dumps(keys)}", *common]))
+    # with the default pixel limit big.png now goes through; the other errors are errors again
+    assert (retry["ok"], retry["skipped"], retry["error"]) == (1, n_ok, len(keys) - n_ok - 1)

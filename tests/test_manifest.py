@@ -24,6 +24,12 @@ def test_parts_of_two_jobs_read_as_one_dataset(tmp_path):
     assert pads.dataset(str(tmp_path / "m"), format="parquet").count_rows() == 4
     latest = latest_rows(table)
     assert latest["s1"]["status"] == "ok" and latest["s0"]["status"] == "error" and len(latest) == 3
+    # a later "skipped" receipt does not hide the ok row it vouches for
+    c = new_job_id("ingest")
+    write_part(fs, root, c, 0, to_table([empty_row(INGEST_SCHEMA, job_id=c, source_uri="s1", status="skipped",
+                                                   lr_sha256="h", finished_at=3.0)], INGEST_SCHEMA))
+    latest = latest_rows(read_manifest(fs, root))
+    assert latest["s1"]["status"] == "ok" and latest["s1"]["job_id"] == b
 
 
 def test_writer_flushes_by_row_count_and_unknown_columns_fail(tmp_path):

@@ -93,11 +93,14 @@ def test_restore_gives_original_sizes_quality_and_same_bytes_twice(s3_run, tiny_
 
 def test_rerun_skips_finished_work_and_redoes_a_deleted_lr(s3_run):
     fs, cfg = s3_run["fs"], s3_run["cfg"]
-    parts_before = sorted(fs.find("lrb/out/_manifest"))
+    before = {r["key"]: r for r in read_manifest(fs, "lrb/out/_manifest").to_pylist() if r["status"] == "ok"}
     again = run_ingest(cfg)
     assert (again["skipped"], again["ok"], again["error"]) == (4, 0, 0)
     fs.invalidate_cache()
-    assert sorted(fs.find("lrb/out/_manifest")) == parts_before  # nothing new to record
+    # every input of the rerun has a row in the rerun's own parts: a receipt naming the checked LR
+    receipts = [r for r in read_manifest(fs, "lrb/out/_manifest").to_pylist() if r["job_id"] == again["job_id"]]
+    assert sorted(r["key"] for r in receipts) == sorted(before) and {r["status"] for r in receipts} == {"skipped"}
+    assert all(r["lr_sha256"] == before[r["key"]]["lr_sha256"] for r in receipts)
     key = sorted(s3_run["sizes"])[0]
     fs.rm_file(f"lrb/out/{key}")
     fs.pipe_file(f"lrb/out/{sorted(s3_run['sizes'])[1]}", b"tampered")

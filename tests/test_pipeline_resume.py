@@ -56,6 +56,9 @@ def test_killed_job_rerun_ends_with_one_ok_lr_per_valid_input(ray_session, s3_en
     ok = collections.Counter(r["key"] for r in rows if r["status"] == "ok")
     assert ok == collections.Counter(dict.fromkeys(sizes, 1)), "exactly one ok row per valid input"
     assert [r["key"] for r in rows if r["status"] == "error"] == ["broken.png"]
+    # the rerun's own rows account for every input, the ones it did not redo included
+    rerun = sorted(r["key"] for r in rows if r["job_id"] == summary["job_id"])
+    assert rerun == sorted([*sizes, "broken.png"])
     lrs = sorted(k.removeprefix("resume/out/") for k in fs.find("resume/out") if "/_manifest/" not in k)
     assert lrs == sorted(sizes)
     assert verify("s3://resume/out", StorageConfig(endpoint_url=s3_endpoint), out=io.StringIO())["problems"] == 0

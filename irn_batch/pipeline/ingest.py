@@ -51,8 +51,8 @@ class IngestActor:
                         lr_uri=rec["lr_uri"], scale=self.ckpt.model.scale, model_id=self.ckpt.model_id,
                         read_s=rec["read_s"])
         t0 = time.perf_counter()
-        if rec["skip"]:
-            row.update(status="skipped")
+        if rec["skip"]:  # a receipt: this job found the earlier ok LR intact (same object, same sha256)
+            row.update(status="skipped", lr_sha256=rec["check_sha"], total_s=rec["read_s"], finished_at=time.time())
             return row
         data = rec["data"]
         if rec["pre_error"] is not None or data is None:
@@ -85,7 +85,7 @@ class IngestActor:
         return row
 
 
-def plan(cfg: IngestConfig, model_id: str) -> tuple[list[dict[str, Any]], int, str, str]:
+def plan(cfg: IngestConfig, model_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str, str]:
     """(work items, previous error rows left alone, manifest dir, job id) for this run."""
     fs_in, in_path = open_fs(cfg.input, cfg.storage)
     fs_out, out_path = open_fs(cfg.output, cfg.storage)
@@ -93,7 +93,7 @@ def plan(cfg: IngestConfig, model_id: str) -> tuple[list[dict[str, Any]], int, s
     fs_m, m_path = open_fs(manifest_dir, cfg.storage)
     previous = latest_rows(read_manifest(fs_m, m_path), "source_uri")
     keys = list(cfg.keys) if cfg.keys is not None else list_keys(fs_in, in_path, cfg.include, cfg.exclude)
-    items, owners, left = [], {}, 0
+    items, owners, left = [], {}, []
     for key in keys:
         item = {"key": key, "source_uri": None, "lr_uri": None, "check_uri": None, "check_sha": None,
                 "pre_error": None}
@@ -119,7 +119,7 @@ def plan(cfg: IngestConfig, model_id: str) -> tuple[list[dict[str, Any]], int, s
                 and prev["model_id"] == model_id:
             item["check_uri"], item["check_sha"] = prev["lr_uri"], prev["lr_sha256"]
         elif prev is not None and prev["status"] == "error" and not cfg.retry_errors:
-            left += 1
+            left.append(prev)
             continue
         items.append(item)
     return items, left, manifest_dir, cfg.job_id or new_job_id("ingest")
@@ -130,16 +130,23 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
     ckpt_bytes, model_id, scale = load_model_bytes(cfg.model, cfg.scale, cfg.storage)
     items, left, manifest_dir, job_id = plan(cfg, model_id)
     log(f"ingest {job_id}: {len(items)} inputs to check/process, model {model_id} (x{scale}); "
-        f"{left} earlier error rows not retried (retry_errors=true to retry)")
-    summary = Summary("ingest", total=len(items))
+        f"{len(left)} earlier errors not retried (retry_errors=true to retry)")
+    summary = Summary("ingest", total=len(items) + len(left))
     fs_m, m_path = open_fs(manifest_dir, cfg.storage)
     writer = ManifestWriter(fs_m, m_path, job_id, INGEST_SCHEMA, cfg.rows_per_part, seconds=cfg.progress_s)
+    # inputs left alone still get a row in this job's manifest, saying why
+    receipts = [empty_row(INGEST_SCHEMA, job_id=job_id, key=p["key"], source_uri=p["source_uri"], scale=scale,
+                          model_id=model_id, status="skipped", finished_at=time.time(),
+                          error=f"not retried (retry_errors=true to retry): {p['error']}") for p in left]
+    for r in receipts:
+        summary.add(r, None, None)
+    writer.add(receipts)
     if items:
         last = time.monotonic()
         for rows in stream_rows(items, ITEM_SCHEMA, IngestActor, "source_uri", cfg, ckpt_bytes, job_id):
             for r in rows:
                 summary.add(r, r["source_bytes"], r["lr_bytes"])
-            writer.add([r for r in rows if r["status"] != "skipped"])
+            writer.add(rows)
             if time.monotonic() - last > cfg.progress_s:
                 log(summary.progress_line())
                 last = time.monotonic()
