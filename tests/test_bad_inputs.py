@@ -7,7 +7,6 @@ import struct
 import zlib
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from irn_batch.manifest import read_manifest

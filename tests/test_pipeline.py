@@ -16,7 +16,7 @@ from irn_batch.pipeline.ingest import run_ingest
 from irn_batch.pipeline.restore import RestoreError, run_restore
 from irn_batch.pipeline.verify import verify
 from irn_batch.rescale import restore_image
-from irn_batch.storage import StorageConfig, open_fs
+from irn_batch.storage import StorageConfig
 
 pytest_plugins = ["pipeline_fixtures"]
 
