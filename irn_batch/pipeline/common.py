@@ -5,12 +5,13 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 import ray
 
 from irn_batch.checkpoint import CheckpointError, checkpoint_from_bytes, default_weights_path
+from irn_batch.manifest import ManifestWriter
 from irn_batch.pipeline.config import ActorConfig, RayConfig
 from irn_batch.pipeline.read import read_stage
 from irn_batch.storage import StorageConfig, open_fs
@@ -103,6 +104,27 @@ def stream_rows(items: list[dict[str, Any]], item_schema: pa.Schema, actor_cls: 
         yield batch.to_pylist()
 
 
+def record_stream(batches: Iterable[list[dict[str, Any]]], summary: "Summary", writer: ManifestWriter,
+                  bytes_cols: tuple[str, str], progress_s: float, log: Callable[[str], Any]) -> None:
+    """Count each result row, add it to the manifest, and log a progress line every ``progress_s`` seconds."""
+    last = time.monotonic()
+    for rows in batches:
+        for r in rows:
+            summary.add(r, r[bytes_cols[0]], r[bytes_cols[1]])
+        writer.add(rows)
+        if time.monotonic() - last > progress_s:
+            log(summary.progress_line())
+            last = time.monotonic()
+
+
+def finish_job(summary: "Summary", writer: ManifestWriter, **extra: Any) -> dict[str, Any]:
+    """Print the job's summary; return it as a dict with ``extra`` and the number of manifest parts."""
+    out = summary.finish()
+    summary.print()
+    out.update(extra, parts=len(writer.parts))
+    return out
+
+
 @dataclass
 class Summary:
     """Counters a job prints at the end (and periodically as progress)."""
@@ -158,7 +180,8 @@ class Summary:
             "wall_s": round(self.wall_s, 3),
         }
 
-    def print(self, file=sys.stdout) -> None:
+    def print(self, file=None) -> None:
+        file = file or sys.stdout  # looked up at call time, so redirected output is honoured
         d = self.as_dict()
         print(f"== {self.kind} summary ==", file=file)
         for k in ("total", "ok", "error", "skipped", "megapixels", "mp_per_s", "images_per_s", "bytes_in",

@@ -14,7 +14,7 @@ import pyarrow as pa
 from irn_batch.manifest import INGEST_SCHEMA, MANIFEST_DIR, ManifestWriter, empty_row, latest_rows, new_job_id
 from irn_batch.manifest import read_manifest, to_table
 from irn_batch.pipeline.common import Summary, load_model_bytes
-from irn_batch.pipeline.common import set_threads, stream_rows
+from irn_batch.pipeline.common import finish_job, record_stream, set_threads, stream_rows
 from irn_batch.pipeline.config import IngestConfig
 from irn_batch.pipeline.read import one_line
 from irn_batch.storage import StorageError, derived_key, join_key, list_keys, open_fs, safe_key, sha256_hex
@@ -142,16 +142,7 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
         summary.add(r, None, None)
     writer.add(receipts)
     if items:
-        last = time.monotonic()
-        for rows in stream_rows(items, ITEM_SCHEMA, IngestActor, "source_uri", cfg, ckpt_bytes, job_id):
-            for r in rows:
-                summary.add(r, r["source_bytes"], r["lr_bytes"])
-            writer.add(rows)
-            if time.monotonic() - last > cfg.progress_s:
-                log(summary.progress_line())
-                last = time.monotonic()
+        batches = stream_rows(items, ITEM_SCHEMA, IngestActor, "source_uri", cfg, ckpt_bytes, job_id)
+        record_stream(batches, summary, writer, ("source_bytes", "lr_bytes"), cfg.progress_s, log)
     writer.flush()
-    out = summary.finish()
-    summary.print()
-    out.update(job_id=job_id, manifest=manifest_dir, model_id=model_id, parts=len(writer.parts))
-    return out
+    return finish_job(summary, writer, job_id=job_id, manifest=manifest_dir, model_id=model_id)

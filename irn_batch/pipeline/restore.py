@@ -14,7 +14,7 @@ import pyarrow as pa
 from irn_batch.manifest import MANIFEST_DIR, RESTORE_SCHEMA, ManifestWriter, empty_row, latest_rows, new_job_id
 from irn_batch.manifest import part_paths, read_manifest, to_table
 from irn_batch.pipeline.common import Summary, load_model_bytes
-from irn_batch.pipeline.common import set_threads, stream_rows
+from irn_batch.pipeline.common import finish_job, record_stream, set_threads, stream_rows
 from irn_batch.pipeline.config import RestoreConfig
 from irn_batch.pipeline.read import one_line
 from irn_batch.storage import StorageError, atomic_write, derived_key, join_key, list_keys, open_fs, safe_key
@@ -151,16 +151,7 @@ def run_restore(cfg: RestoreConfig, log=print) -> dict[str, Any]:
     fs_m, m_path = open_fs(manifest_dir, cfg.storage)
     writer = ManifestWriter(fs_m, m_path, job_id, RESTORE_SCHEMA, cfg.rows_per_part, seconds=cfg.progress_s)
     if items:
-        last = time.monotonic()
-        for rows in stream_rows(items, ITEM_SCHEMA, RestoreActor, "lr_uri", cfg, ckpt_bytes, job_id):
-            for r in rows:
-                summary.add(r, r["lr_bytes"], r["out_bytes"])
-            writer.add(rows)
-            if time.monotonic() - last > cfg.progress_s:
-                log(summary.progress_line())
-                last = time.monotonic()
+        batches = stream_rows(items, ITEM_SCHEMA, RestoreActor, "lr_uri", cfg, ckpt_bytes, job_id)
+        record_stream(batches, summary, writer, ("lr_bytes", "out_bytes"), cfg.progress_s, log)
     writer.flush()
-    out = summary.finish()
-    summary.print()
-    out.update(job_id=job_id, manifest=manifest_dir, model_id=model_id, parts=len(writer.parts))
-    return out
+    return finish_job(summary, writer, job_id=job_id, manifest=manifest_dir, model_id=model_id)
