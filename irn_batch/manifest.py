@@ -111,14 +111,16 @@ def part_paths(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
     )
 
 
-def read_manifest(fs: fsspec.AbstractFileSystem, path: str, schema: pa.Schema | None = None) -> pa.Table:
-    """All parts as one table (empty with ``schema`` when there are none)."""
+def read_manifest(fs: fsspec.AbstractFileSystem, path: str, schema: pa.Schema | None = None,
+                  columns: list[str] | None = None) -> pa.Table:
+    """All parts as one table (empty with ``schema`` when there are none); ``columns`` reads only those."""
     tables = []
     for p in part_paths(fs, path):
         with fs.open(p, "rb") as f:
-            tables.append(pq.read_table(f))
+            tables.append(pq.read_table(f, columns=columns))
     if not tables:
-        return (schema or INGEST_SCHEMA).empty_table()
+        empty = (schema or INGEST_SCHEMA).empty_table()
+        return empty.select(columns) if columns else empty
     return pa.concat_tables(tables, promote_options="default")
 
 

@@ -25,6 +25,9 @@ ITEM_SCHEMA = pa.schema([(n, pa.string()) for n in
                          ("key", "source_uri", "lr_uri", "check_uri", "check_sha", "pre_error")])
 
 
+PLAN_COLUMNS = ["source_uri", "lr_uri", "lr_sha256", "model_id", "status", "error", "key", "finished_at"]
+
+
 class IngestActor:
     """Holds one IRN on its device; turns (key, bytes) records into LR objects and manifest rows."""
 
@@ -91,7 +94,8 @@ def plan(cfg: IngestConfig, model_id: str) -> tuple[list[dict[str, Any]], list[d
     fs_out, out_path = open_fs(cfg.output, cfg.storage)
     manifest_dir = cfg.manifest or to_uri(fs_out, f"{out_path.rstrip('/')}/{MANIFEST_DIR}")
     fs_m, m_path = open_fs(manifest_dir, cfg.storage)
-    previous = latest_rows(read_manifest(fs_m, m_path), "source_uri")
+    # only the columns planning needs: the driver holds one entry per earlier input
+    previous = latest_rows(read_manifest(fs_m, m_path, columns=PLAN_COLUMNS), "source_uri")
     keys = list(cfg.keys) if cfg.keys is not None else list_keys(fs_in, in_path, cfg.include, cfg.exclude)
     items, owners, left = [], {}, []
     for key in keys:

@@ -27,6 +27,9 @@ ITEM_SCHEMA = pa.schema([("key", pa.string()), ("lr_uri", pa.string()), ("out_ur
                          ("check_sha", pa.string()), ("pre_error", pa.string())])
 
 
+PLAN_COLUMNS = ["key", "lr_uri", "lr_sha256", "model_id", "z_seed", "width", "height"]  # from the ingest manifest
+
+
 class RestoreError(ValueError):
     """A restore request that cannot run at all (no such input, wrong model)."""
 
@@ -108,9 +111,9 @@ def plan(cfg: RestoreConfig, model_id: str) -> list[dict[str, Any]]:
         raise RestoreError(f"unknown output format {cfg.format!r} (png, jpeg or webp)")
     mpath = _manifest_path(fs_in, in_path)
     if mpath is not None:
-        rows = [r for r in latest_rows(read_manifest(fs_in, mpath), "source_uri").values() if r["status"] == "ok"]
-        rows = [{k: r[k] for k in ("key", "lr_uri", "lr_sha256", "model_id", "z_seed", "width", "height")}
-                for r in rows]
+        table = read_manifest(fs_in, mpath, columns=["source_uri", "status", "finished_at", *PLAN_COLUMNS])
+        rows = [r for r in latest_rows(table, "source_uri").values() if r["status"] == "ok"]
+        rows = [{k: r[k] for k in PLAN_COLUMNS} for r in rows]
     else:
         rows = [{"key": k, "lr_uri": to_uri(fs_in, join_key(in_path, k)), "lr_sha256": None, "model_id": None,
                  "z_seed": None, "width": None, "height": None} for k in list_keys(fs_in, in_path, ["*.png"])]
