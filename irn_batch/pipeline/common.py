@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterable, Iterator
 import pyarrow as pa
 import ray
 
-from irn_batch.checkpoint import CheckpointError, checkpoint_from_bytes, default_weights_path
+from irn_batch.checkpoint import Checkpoint, CheckpointError, checkpoint_from_bytes, default_weights_path
 from irn_batch.manifest import ManifestWriter
 from irn_batch.pipeline.config import ActorConfig, RayConfig
 from irn_batch.pipeline.read import read_stage
@@ -62,16 +62,28 @@ def pool_size(ac: ActorConfig, n_items: int) -> int:
     res = ray.cluster_resources()
     if ac.num_gpus > 0:
         n = int(res.get("GPU", 0) // ac.num_gpus)
+        if n == 0:  # Ray would keep the actors pending for ever
+            raise ValueError(f"actors.num_gpus={ac.num_gpus} but the cluster has {res.get('GPU', 0):g} GPUs "
+                             "(set actors.num_gpus=0, or actors.pool_size for an autoscaling cluster)")
     else:
         n = int(res.get("CPU", 1) // max(ac.num_cpus, 1e-3))
     return max(1, min(n, max(n_items, 1)))
 
 
-def set_threads(num_cpus: float) -> None:
-    """Torch intra-op threads = the CPUs Ray gave this actor (Ray only sets OMP_NUM_THREADS)."""
+def actor_model(ckpt_bytes: bytes, ac: ActorConfig) -> Checkpoint:
+    """The checkpoint an actor holds, on its device, with torch set up for the resources Ray gave it."""
     import torch
 
-    torch.set_num_threads(max(1, int(num_cpus)))
+    torch.set_num_threads(max(1, int(ac.num_cpus)))  # Ray only sets OMP_NUM_THREADS
+    ckpt = checkpoint_from_bytes(ckpt_bytes)
+    if ac.num_gpus > 0:
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"actors.num_gpus={ac.num_gpus} but this actor sees no CUDA device")
+        # fixed kernel choice: a restore must give the same bytes on every run on the same device
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        ckpt.model.to("cuda")
+    return ckpt
 
 
 def items_dataset(items: list[dict[str, Any]], schema: pa.Schema, n_blocks: int) -> "ray.data.Dataset":

@@ -9,7 +9,7 @@ from irn_batch.pipeline.config import IngestConfig, RestoreConfig, load_config
 
 
 def job_main(kind: str, default_config: Path, argv: list[str] | None = None, doc: str = "") -> int:
-    """Parse, run, print the summary; 2 on a bad configuration, 1 when fail_on_error is set and an image failed."""
+    """Parse, run, print the summary; 2 when the job cannot run, 1 when fail_on_error is set and an image failed."""
     parser = argparse.ArgumentParser(prog=f"jobs/{kind}.py", description=doc.splitlines()[0] if doc else None)
     parser.add_argument("--config", default=str(default_config), help="YAML defaults")
     parser.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. input=s3://bucket/prefix")
@@ -24,6 +24,10 @@ def job_main(kind: str, default_config: Path, argv: list[str] | None = None, doc
         from irn_batch.pipeline.ingest import run_ingest as run
     else:
         from irn_batch.pipeline.restore import run_restore as run
-    summary = run(cfg)
+    try:
+        summary = run(cfg)
+    except ValueError as e:  # a request that cannot run at all: wrong model, no such input, no GPUs, ...
+        print(f"{kind}: error: {e}", file=sys.stderr)
+        return 2
     print(f"manifest: {summary['manifest']} (job {summary['job_id']})")
     return 1 if cfg.fail_on_error and summary["error"] else 0

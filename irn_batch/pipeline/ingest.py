@@ -14,7 +14,7 @@ import pyarrow as pa
 from irn_batch.manifest import INGEST_SCHEMA, MANIFEST_DIR, ManifestWriter, empty_row, latest_rows, new_job_id
 from irn_batch.manifest import read_manifest, to_table
 from irn_batch.pipeline.common import Summary, load_model_bytes
-from irn_batch.pipeline.common import finish_job, record_stream, set_threads, stream_rows
+from irn_batch.pipeline.common import actor_model, finish_job, record_stream, stream_rows
 from irn_batch.pipeline.config import IngestConfig
 from irn_batch.pipeline.read import one_line
 from irn_batch.storage import StorageError, derived_key, join_key, list_keys, open_fs, safe_key, sha256_hex
@@ -32,16 +32,8 @@ class IngestActor:
     """Holds one IRN on its device; turns (key, bytes) records into LR objects and manifest rows."""
 
     def __init__(self, ckpt_bytes: bytes, cfg: IngestConfig, job_id: str):
-        set_threads(cfg.actors.num_cpus)
-        import torch
-
-        from irn_batch.checkpoint import checkpoint_from_bytes
-
-        self.ckpt = checkpoint_from_bytes(ckpt_bytes)
-        if cfg.actors.num_gpus > 0 and torch.cuda.is_available():
-            self.ckpt.model.to("cuda")
+        self.ckpt = actor_model(ckpt_bytes, cfg.actors)
         self.cfg, self.job_id = cfg, job_id
-        self.fs_out, _ = open_fs(cfg.output, cfg.storage)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return to_table([self.one(r) for r in batch.to_pylist()], INGEST_SCHEMA)

@@ -14,7 +14,7 @@ import pyarrow as pa
 from irn_batch.manifest import MANIFEST_DIR, RESTORE_SCHEMA, ManifestWriter, empty_row, latest_rows, new_job_id
 from irn_batch.manifest import part_paths, read_manifest, to_table
 from irn_batch.pipeline.common import Summary, load_model_bytes
-from irn_batch.pipeline.common import finish_job, record_stream, set_threads, stream_rows
+from irn_batch.pipeline.common import actor_model, finish_job, record_stream, stream_rows
 from irn_batch.pipeline.config import RestoreConfig
 from irn_batch.pipeline.read import one_line
 from irn_batch.storage import StorageError, atomic_write, derived_key, join_key, list_keys, open_fs, safe_key
@@ -38,14 +38,7 @@ class RestoreActor:
     """Holds one IRN; LR bytes -> HR image object + a restore-manifest row."""
 
     def __init__(self, ckpt_bytes: bytes, cfg: RestoreConfig, job_id: str):
-        set_threads(cfg.actors.num_cpus)
-        import torch
-
-        from irn_batch.checkpoint import checkpoint_from_bytes
-
-        self.ckpt = checkpoint_from_bytes(ckpt_bytes)
-        if cfg.actors.num_gpus > 0 and torch.cuda.is_available():
-            self.ckpt.model.to("cuda")
+        self.ckpt = actor_model(ckpt_bytes, cfg.actors)
         self.cfg, self.job_id = cfg, job_id
 
     def __call__(self, batch: pa.Table) -> pa.Table:
