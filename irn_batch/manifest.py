@@ -14,7 +14,9 @@ import uuid
 from typing import Any, Iterable
 
 import fsspec
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from irn_batch.storage import atomic_write
@@ -124,17 +126,26 @@ def read_manifest(fs: fsspec.AbstractFileSystem, path: str, schema: pa.Schema | 
     return pa.concat_tables(tables, promote_options="default")
 
 
-def latest_rows(table: pa.Table, key: str = "source_uri") -> dict[str, dict[str, Any]]:
-    """The most recent attempt per ``key`` value (by ``finished_at``), as plain dicts.
+def latest_table(table: pa.Table, key: str = "source_uri") -> pa.Table:
+    """The most recent attempt per ``key`` value (by ``finished_at``), computed in Arrow (no per-row objects).
 
     ``skipped`` rows are receipts (a later job found the earlier ``ok`` LR intact), not attempts: they never
     replace the row they point at.
     """
-    out: dict[str, dict[str, Any]] = {}
-    for row in sorted(table.to_pylist(), key=lambda r: (r.get("finished_at") or 0.0)):
-        if row.get("status") != "skipped":
-            out[row[key]] = row
-    return out
+    if "status" in table.column_names:
+        table = table.filter(pc.fill_null(pc.not_equal(table["status"], "skipped"), True))
+    when = pc.fill_null(table["finished_at"], 0.0)
+    # rows in time order (ties: file order), then the last position per key
+    idx = pa.table({"k": table[key], "i": pa.array(np.arange(table.num_rows, dtype=np.int64)), "t": when})
+    idx = idx.sort_by([("t", "ascending"), ("i", "ascending")])
+    idx = idx.append_column("pos", pa.array(np.arange(idx.num_rows, dtype=np.int64)))
+    last = idx.group_by("k", use_threads=False).aggregate([("pos", "max")])["pos_max"]
+    return table.take(idx["i"].take(last))
+
+
+def latest_rows(table: pa.Table, key: str = "source_uri") -> dict[str, dict[str, Any]]:
+    """``latest_table`` as plain dicts keyed by ``key`` (for small tables and tests)."""
+    return {r[key]: r for r in latest_table(table, key).to_pylist()}
 
 
 class ManifestWriter:

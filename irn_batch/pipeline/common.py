@@ -86,22 +86,21 @@ def actor_model(ckpt_bytes: bytes, ac: ActorConfig) -> Checkpoint:
     return ckpt
 
 
-def items_dataset(items: list[dict[str, Any]], schema: pa.Schema, n_blocks: int) -> "ray.data.Dataset":
-    """Work items as a dataset of ``n_blocks`` Arrow blocks with one fixed schema (no null-typed columns)."""
-    table = pa.Table.from_pylist(items, schema=schema)
-    step = -(-len(items) // n_blocks)
-    return ray.data.from_arrow([table.slice(i, step) for i in range(0, len(items), step)])
+def items_dataset(items: pa.Table, n_blocks: int) -> "ray.data.Dataset":
+    """Work items as a dataset of ``n_blocks`` Arrow blocks."""
+    step = -(-items.num_rows // n_blocks)
+    return ray.data.from_arrow([items.slice(i, step) for i in range(0, items.num_rows, step)])
 
 
-def stream_rows(items: list[dict[str, Any]], item_schema: pa.Schema, actor_cls: type, uri_col: str, cfg: Any,
-                ckpt_bytes: bytes, job_id: str) -> Iterator[list[dict[str, Any]]]:
+def stream_rows(items: pa.Table, actor_cls: type, uri_col: str, cfg: Any, ckpt_bytes: bytes,
+                job_id: str) -> Iterator[list[dict[str, Any]]]:
     """The job's Ray Data stream: work items -> byte reads (per record) -> model actor pool -> result rows.
 
     ``cfg`` is an IngestConfig or RestoreConfig; both carry ray, actors, storage and max_input_bytes.
     """
     init_ray(cfg.ray)
-    n_blocks = max(1, min(len(items), 100_000, -(-len(items) // cfg.actors.batch_size)))
-    ds = items_dataset(items, item_schema, n_blocks)
+    n_blocks = max(1, min(items.num_rows, 100_000, -(-items.num_rows // cfg.actors.batch_size)))
+    ds = items_dataset(items, n_blocks)
     # num_cpus=0: the reads are I/O bound and must not wait for CPUs the model actors hold; a fixed
     # number of read tasks (one per actor), or Ray would start a new worker process per pending block
     n_actors = pool_size(cfg.actors, n_blocks)  # an actor without a block would only cost start-up

@@ -147,7 +147,7 @@ def run_restore(cfg: RestoreConfig, log=print) -> dict[str, Any]:
     fs_m, m_path = open_fs(manifest_dir, cfg.storage)
     writer = ManifestWriter(fs_m, m_path, job_id, RESTORE_SCHEMA, cfg.rows_per_part, seconds=cfg.progress_s)
     if items:
-        batches = stream_rows(items, ITEM_SCHEMA, RestoreActor, "lr_uri", cfg, ckpt_bytes, job_id)
+        batches = stream_rows(pa.Table.from_pylist(items, schema=ITEM_SCHEMA), RestoreActor, "lr_uri", cfg, ckpt_bytes, job_id)
         record_stream(batches, summary, writer, ("lr_bytes", "out_bytes"), cfg.progress_s, log)
     writer.flush()
     return finish_job(summary, writer, job_id=job_id, manifest=manifest_dir, model_id=model_id)
