@@ -173,19 +173,28 @@ def list_keys(
     """Sorted relative keys under a prefix matching ``include`` and not ``exclude``.
 
     Patterns match the whole relative key or its file name. Hidden temp files ('.*.tmp') and the
-    top-level ``skip_dirs`` (our own manifests) are never listed.
+    top-level ``skip_dirs`` (our own manifests) are never listed. The tree is walked one folder at a time
+    and only the matching keys are kept (``find`` would hold an info dict per object: ~1 KB each), and a
+    folder that cannot be listed is an error rather than silently missing inputs.
     """
     include, exclude, skip = list(include), list(exclude), set(skip_dirs)
+    base = prefix_path.rstrip("/")
     out = []
-    for path in fs.find(prefix_path.rstrip("/"), withdirs=False):
-        try:
-            key = relative_key(prefix_path, path)
-        except StorageError:
-            continue
-        if key.split("/", 1)[0] in skip or key.rsplit("/", 1)[-1].endswith(".tmp"):
-            continue
-        if _matches(key, include) and not _matches(key, exclude):
-            out.append(key)
+    if fs.isfile(base):
+        return out
+    for root, dirs, files in fs.walk(base, on_error="raise"):
+        root = root.rstrip("/")
+        if root == base:
+            dirs[:] = [d for d in dirs if d not in skip]
+            rel = ""
+        else:
+            rel = relative_key(base, root) + "/"
+        for name in files:
+            if name and not name.endswith(".tmp"):
+                key = rel + name
+                if _matches(key, include) and not _matches(key, exclude):
+                    out.append(key)
+        fs.invalidate_cache(root)  # s3fs would otherwise keep every folder's listing for the job's life
     return sorted(out)
 
 

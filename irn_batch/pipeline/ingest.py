@@ -91,7 +91,10 @@ def plan(cfg: IngestConfig, model_id: str) -> tuple[pa.Table, pa.Table, str, str
     fs_out, out_path = open_fs(cfg.output, cfg.storage)
     manifest_dir = cfg.manifest or to_uri(fs_out, f"{out_path.rstrip('/')}/{MANIFEST_DIR}")
     fs_m, m_path = open_fs(manifest_dir, cfg.storage)
-    keys = list(cfg.keys) if cfg.keys is not None else list_keys(fs_in, in_path, cfg.include, cfg.exclude)
+    try:
+        keys = list(cfg.keys) if cfg.keys is not None else list_keys(fs_in, in_path, cfg.include, cfg.exclude)
+    except OSError as e:  # a mistyped prefix must not look like an empty job
+        raise StorageError(f"{cfg.input}: cannot list the input prefix ({one_line(e)})") from e
     sources, lrs, errors = [], [], []
     for key in keys:
         src = lr = err = None

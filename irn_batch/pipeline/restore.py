@@ -10,8 +10,9 @@ import time
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from irn_batch.manifest import MANIFEST_DIR, RESTORE_SCHEMA, ManifestWriter, empty_row, latest_rows, new_job_id
+from irn_batch.manifest import MANIFEST_DIR, RESTORE_SCHEMA, ManifestWriter, empty_row, latest_table, new_job_id
 from irn_batch.manifest import part_paths, read_manifest, to_table
 from irn_batch.pipeline.common import Summary, load_model_bytes
 from irn_batch.pipeline.common import actor_model, finish_job, record_stream, stream_rows
@@ -93,8 +94,11 @@ def _manifest_path(fs, path: str) -> str | None:
     return None
 
 
-def plan(cfg: RestoreConfig, model_id: str) -> list[dict[str, Any]]:
-    """Work items from a manifest (latest ok row per input, filtered) or from every PNG under an LR prefix."""
+def plan(cfg: RestoreConfig, model_id: str) -> pa.Table:
+    """Work items from a manifest (latest ok row per input, filtered) or from every PNG under an LR prefix.
+
+    Built in Arrow columns, like the ingest plan: no per-row Python objects survive planning.
+    """
     fs_in, in_path = open_fs(cfg.input, cfg.storage)
     fs_out, out_path = open_fs(cfg.output, cfg.storage)
     if not fs_in.exists(in_path):
@@ -105,34 +109,49 @@ def plan(cfg: RestoreConfig, model_id: str) -> list[dict[str, Any]]:
     mpath = _manifest_path(fs_in, in_path)
     if mpath is not None:
         table = read_manifest(fs_in, mpath, columns=["source_uri", "status", "finished_at", *PLAN_COLUMNS])
-        rows = [r for r in latest_rows(table, "source_uri").values() if r["status"] == "ok"]
-        rows = [{k: r[k] for k in PLAN_COLUMNS} for r in rows]
+        table = latest_table(table, "source_uri")
+        table = table.filter(pc.fill_null(pc.equal(table["status"], "ok"), False)).select(PLAN_COLUMNS)
     else:
-        rows = [{"key": k, "lr_uri": to_uri(fs_in, join_key(in_path, k)), "lr_sha256": None, "model_id": None,
-                 "z_seed": None, "width": None, "height": None} for k in list_keys(fs_in, in_path, ["*.png"])]
-    rows.sort(key=lambda r: r["key"])
+        keys = list_keys(fs_in, in_path, ["*.png"])
+        n = len(keys)
+        table = pa.table({"key": pa.array(keys, pa.string()),
+                          "lr_uri": pa.array([to_uri(fs_in, join_key(in_path, k)) for k in keys], pa.string()),
+                          "lr_sha256": pa.nulls(n, pa.string()), "model_id": pa.nulls(n, pa.string()),
+                          "z_seed": pa.nulls(n, pa.int64()), "width": pa.nulls(n, pa.int64()),
+                          "height": pa.nulls(n, pa.int64())})
+        del keys
+    table = table.sort_by("key")
     if cfg.keys is not None:
-        wanted = set(cfg.keys)
-        rows = [r for r in rows if r["key"] in wanted]
+        table = table.filter(pc.is_in(table["key"], value_set=pa.array(list(cfg.keys), pa.string())))
     if cfg.glob:
-        rows = [r for r in rows if fnmatch.fnmatchcase(r["key"], cfg.glob)]
+        table = table.filter(pa.array([fnmatch.fnmatchcase(k, cfg.glob) for k in table["key"].to_pylist()],
+                                      pa.bool_()))
     if cfg.limit is not None:
-        rows = rows[: cfg.limit]
-    others = sorted({r["model_id"] for r in rows if r["model_id"] and r["model_id"] != model_id})
+        table = table.slice(0, max(cfg.limit, 0))
+    recorded = pc.unique(pc.drop_null(table["model_id"])).to_pylist()
+    others = sorted(m for m in recorded if m != model_id)
     if others:
         raise RestoreError(f"model mismatch: the LRs were made by {', '.join(others)} but the loaded model is "
                            f"{model_id}; pass model=<the matching checkpoint>")
-    owners: dict[str, str] = {}
-    for r in rows:
-        r.update(check_uri=None, check_sha=None, pre_error=None, out_uri=None)
+    outs, errors, owners = [], [], {}
+    for key in table["key"].to_pylist():
+        out = err = None
         try:
-            r["out_uri"] = to_uri(fs_out, join_key(out_path, derived_key(safe_key(r["key"]), ext)))
-            if r["out_uri"] in owners:
-                raise StorageError(f"output key already used by {owners[r['out_uri']]!r}")
-            owners[r["out_uri"]] = r["key"]
+            out = to_uri(fs_out, join_key(out_path, derived_key(safe_key(key), ext)))
+            if out in owners:
+                raise StorageError(f"output key already used by {owners[out]!r}")
+            owners[out] = key
         except StorageError as e:
-            r["pre_error"] = f"key: {e}"
-    return rows
+            out, err = None, f"key: {e}"
+        outs.append(out)
+        errors.append(err)
+    del owners
+    n = table.num_rows
+    table = table.append_column("out_uri", pa.array(outs, pa.string()))
+    table = table.append_column("pre_error", pa.array(errors, pa.string()))
+    table = table.append_column("check_uri", pa.nulls(n, pa.string()))
+    table = table.append_column("check_sha", pa.nulls(n, pa.string()))
+    return table.select(ITEM_SCHEMA.names).cast(ITEM_SCHEMA)
 
 
 def run_restore(cfg: RestoreConfig, log=print) -> dict[str, Any]:
@@ -142,12 +161,12 @@ def run_restore(cfg: RestoreConfig, log=print) -> dict[str, Any]:
     job_id = cfg.job_id or new_job_id("restore")
     fs_out, out_path = open_fs(cfg.output, cfg.storage)
     manifest_dir = cfg.manifest or to_uri(fs_out, f"{out_path.rstrip('/')}/{MANIFEST_DIR}")
-    log(f"restore {job_id}: {len(items)} LR images, model {model_id}, format {cfg.format}")
-    summary = Summary("restore", total=len(items))
+    log(f"restore {job_id}: {items.num_rows} LR images, model {model_id}, format {cfg.format}")
+    summary = Summary("restore", total=items.num_rows)
     fs_m, m_path = open_fs(manifest_dir, cfg.storage)
     writer = ManifestWriter(fs_m, m_path, job_id, RESTORE_SCHEMA, cfg.rows_per_part, seconds=cfg.progress_s)
-    if items:
-        batches = stream_rows(pa.Table.from_pylist(items, schema=ITEM_SCHEMA), RestoreActor, "lr_uri", cfg, ckpt_bytes, job_id)
+    if items.num_rows:
+        batches = stream_rows(items, RestoreActor, "lr_uri", cfg, ckpt_bytes, job_id)
         record_stream(batches, summary, writer, ("lr_bytes", "out_bytes"), cfg.progress_s, log)
     writer.flush()
     return finish_job(summary, writer, job_id=job_id, manifest=manifest_dir, model_id=model_id)
