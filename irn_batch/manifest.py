@@ -143,11 +143,6 @@ def latest_table(table: pa.Table, key: str = "source_uri") -> pa.Table:
     return table.take(idx["i"].take(last))
 
 
-def latest_rows(table: pa.Table, key: str = "source_uri") -> dict[str, dict[str, Any]]:
-    """``latest_table`` as plain dicts keyed by ``key`` (for small tables and tests)."""
-    return {r[key]: r for r in latest_table(table, key).to_pylist()}
-
-
 class ManifestWriter:
     """Buffers rows and writes a part every ``rows_per_part`` rows or ``seconds`` seconds."""
 

@@ -9,6 +9,8 @@ import fnmatch
 import hashlib
 import os
 import posixpath
+import re
+import time
 import unicodedata
 import uuid
 from dataclasses import dataclass
@@ -116,6 +118,10 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+TEMP_SUFFIX = ".tmp"  # atomic_write's temp names: '.<name>.<uuid hex>.tmp' (local), '<name>.<uuid hex>.tmp'
+_TEMP_NAME = re.compile(r".*\.[0-9a-f]{32}\.tmp")
+
+
 def atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` so readers see either nothing/the old object or the whole new one.
 
@@ -126,7 +132,7 @@ def atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     if isinstance(fs, LocalFileSystem):
         d = os.path.dirname(path)
         os.makedirs(d, exist_ok=True)
-        tmp = os.path.join(d, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+        tmp = os.path.join(d, f".{os.path.basename(path)}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
@@ -141,7 +147,7 @@ def atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     if any(p in ("s3", "s3a", "gs", "gcs", "az", "abfs", "memory") for p in protos):
         fs.pipe_file(path, data)
         return
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    tmp = f"{path}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
     fs.pipe_file(tmp, data)
     fs.mv(tmp, path)
 
@@ -190,12 +196,33 @@ def list_keys(
         else:
             rel = relative_key(base, root) + "/"
         for name in files:
-            if name and not name.endswith(".tmp"):
+            if name and not name.endswith(TEMP_SUFFIX):
                 key = rel + name
                 if _matches(key, include) and not _matches(key, exclude):
                     out.append(key)
         fs.invalidate_cache(root)  # s3fs would otherwise keep every folder's listing for the job's life
     return sorted(out)
+
+
+def leftover_temps(fs: fsspec.AbstractFileSystem, prefix_path: str, older_than_s: float = 0.0) -> list[str]:
+    """Temp objects of ``atomic_write`` under a prefix, left by a writer killed mid-write, older than given.
+
+    They never sit under a final key and listings skip them; this finds them so they can be removed.
+    """
+    base, out, now = prefix_path.rstrip("/"), [], time.time()
+    for root, _dirs, files in fs.walk(base, detail=True):
+        for name, info in files.items():
+            if _TEMP_NAME.fullmatch(name) and now - _mtime(info) >= older_than_s:
+                out.append(f"{root.rstrip('/')}/{name}")
+    return sorted(out)
+
+
+def _mtime(info: dict[str, Any]) -> float:
+    """Modification time of a listing entry in epoch seconds (local: mtime; S3-like: LastModified)."""
+    t = info.get("mtime", info.get("LastModified", info.get("last_modified")))
+    if hasattr(t, "timestamp"):
+        return t.timestamp()
+    return float(t) if t is not None else 0.0
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif")

@@ -4,9 +4,13 @@ from __future__ import annotations
 import pyarrow.dataset as pads
 import pytest
 
-from irn_batch.manifest import (INGEST_SCHEMA, ManifestWriter, empty_row, latest_rows, new_job_id, read_manifest,
+from irn_batch.manifest import (INGEST_SCHEMA, ManifestWriter, empty_row, latest_table, new_job_id, read_manifest,
                                 to_table, write_part)
 from irn_batch.storage import open_fs
+
+
+def latest_rows(table):
+    return {r["source_uri"]: r for r in latest_table(table).to_pylist()}
 
 
 def test_parts_of_two_jobs_read_as_one_dataset(tmp_path):

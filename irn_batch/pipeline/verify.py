@@ -1,7 +1,9 @@
 """`irn-batch verify PREFIX_OR_MANIFEST`: every `ok` row's object exists with its recorded size and sha256.
 
 Works on ingest manifests (checks ``lr_uri``) and restore manifests (checks ``out_uri``). Objects are
-hashed in a thread pool straight from storage; nothing needs Ray.
+hashed in a thread pool straight from storage, a bounded batch of rows at a time; nothing needs Ray. Given
+a job's output prefix, it also reports temp objects left by a writer that was killed mid-write (they are
+never under a final key), and ``--remove-temp`` deletes those older than ``--temp-age`` seconds.
 """
 from __future__ import annotations
 
@@ -10,8 +12,12 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from irn_batch.manifest import MANIFEST_DIR, latest_rows, part_paths, read_manifest
-from irn_batch.storage import StorageConfig, open_fs, sha256_hex
+import pyarrow.compute as pc
+
+from irn_batch.manifest import MANIFEST_DIR, latest_table, part_paths, read_manifest
+from irn_batch.storage import StorageConfig, leftover_temps, open_fs, sha256_hex
+
+BATCH_ROWS = 1024  # rows checked per round: the check's memory does not grow with the manifest
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--anon", action="store_true", help="anonymous access to a public bucket")
     parser.add_argument("--workers", type=int, default=8, help="objects checked in parallel")
     parser.add_argument("--quiet", action="store_true", help="print only problems and the summary")
+    parser.add_argument("--remove-temp", action="store_true",
+                        help="delete temp objects left by killed writers under the prefix")
+    parser.add_argument("--temp-age", type=float, default=3600.0,
+                        help="only temp objects older than this many seconds (a live job may be writing)")
 
 
 def check_object(uri: str, size: int | None, sha: str | None, storage: StorageConfig) -> str | None:
@@ -40,44 +50,59 @@ def check_object(uri: str, size: int | None, sha: str | None, storage: StorageCo
     return None
 
 
-def verify(target: str, storage: StorageConfig, workers: int = 8, out=sys.stdout, quiet: bool = False) -> dict[str, Any]:
-    """Check a manifest's ok rows; returns counts and the list of problems."""
+def verify(target: str, storage: StorageConfig, workers: int = 8, out=None, quiet: bool = False,
+           remove_temp: bool = False, temp_age: float = 3600.0) -> dict[str, Any]:
+    """Check a manifest's ok rows (and a prefix's leftover temp objects); returns counts and the problems."""
+    out = out or sys.stdout  # looked up at call time, so redirected output is honoured
     fs, path = open_fs(target, storage)
     sub = f"{path.rstrip('/')}/{MANIFEST_DIR}"
-    mpath = sub if fs.isdir(sub) else path
+    is_prefix = fs.isdir(sub)
+    mpath = sub if is_prefix else path
     if not part_paths(fs, mpath):
         raise FileNotFoundError(f"{target}: no manifest found (no Parquet parts)")
     table = read_manifest(fs, mpath)
     col = "out_uri" if "out_uri" in table.column_names else "lr_uri"
     prefix = col.split("_")[0]
-    rows = list(latest_rows(table.filter(_is_ok(table)), col).values())
+    errors = pc.sum(pc.equal(table["status"], "error")).as_py() or 0
+    rows = latest_table(table.filter(pc.fill_null(pc.equal(table["status"], "ok"), False)), col)
+    rows = rows.select([col, f"{prefix}_bytes", f"{prefix}_sha256"])
+    del table
+    problems, checked = [], 0
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        results = list(pool.map(lambda r: check_object(r[col], r[f"{prefix}_bytes"], r[f"{prefix}_sha256"], storage),
-                                rows))
-    problems = [(r[col], p) for r, p in zip(rows, results) if p is not None]
-    for r, p in zip(rows, results):
-        if p is not None or not quiet:
-            print(f"{'OK  ' if p is None else 'FAIL'} {r[col]}{'' if p is None else ': ' + p}", file=out)
-    errors = sum(1 for s in table.column("status").to_pylist() if s == "error")
-    summary = {"checked": len(rows), "ok": len(rows) - len(problems), "problems": len(problems),
-               "error_rows": errors}
-    print(f"verify: {summary['checked']} objects checked, {summary['ok']} ok, {summary['problems']} "
+        for batch in rows.to_batches(BATCH_ROWS):
+            recs = batch.to_pylist()
+            results = pool.map(lambda r: check_object(r[col], r[f"{prefix}_bytes"], r[f"{prefix}_sha256"], storage),
+                               recs)
+            for r, p in zip(recs, results):
+                checked += 1
+                if p is not None:
+                    problems.append((r[col], p))
+                if p is not None or not quiet:
+                    print(f"{'OK  ' if p is None else 'FAIL'} {r[col]}{'' if p is None else ': ' + p}", file=out)
+    summary = {"checked": checked, "ok": checked - len(problems), "problems": len(problems), "error_rows": errors,
+               "temp_objects": 0}
+    print(f"verify: {checked} objects checked, {summary['ok']} ok, {summary['problems']} "
           f"missing/mismatched; {errors} error rows in the manifest (not checked)", file=out)
+    if is_prefix:
+        temps = leftover_temps(fs, path, temp_age)
+        summary["temp_objects"] = len(temps)
+        for t in temps:
+            if remove_temp:
+                fs.rm_file(t)
+            print(f"TEMP {t}{' (removed)' if remove_temp else ''}", file=out)
+        if temps:
+            print(f"verify: {len(temps)} temp objects older than {temp_age:g} s left by killed writers "
+                  f"({'removed' if remove_temp else 'remove them with --remove-temp'})", file=out)
     summary["problem_list"] = problems
     return summary
-
-
-def _is_ok(table):
-    import pyarrow.compute as pc
-
-    return pc.equal(table.column("status"), "ok")
 
 
 def run(args: argparse.Namespace) -> int:
     """Exit 0 when every ok row checks out, 1 on any missing/mismatched object, 2 when there is no manifest."""
     storage = StorageConfig(endpoint_url=args.endpoint_url, region=args.region, anon=args.anon)
     try:
-        summary = verify(args.target, storage, args.workers, quiet=args.quiet)
+        summary = verify(args.target, storage, args.workers, quiet=args.quiet, remove_temp=args.remove_temp,
+                         temp_age=args.temp_age)
     except FileNotFoundError as e:
         print(f"irn-batch verify: error: {e}", file=sys.stderr)
         return 2
