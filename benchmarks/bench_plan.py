@@ -87,6 +87,13 @@ def measure(code_root: Path, warm: Path, work: Path, which: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def _commit(root: Path) -> str:
+    """The checkout's commit (with '+changes' when its tree differs), to say which code a row measured."""
+    def git(*a: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True).stdout.strip()
+    return git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 400_000])
@@ -115,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['bytes_per_input']:.0f} |" for r in rows]
     print("\n" + "\n".join(lines))
     res = {"device": f"CPU ({platform.processor() or platform.machine()}), load average at end "
-                     f"{os.getloadavg()[0]:.1f}", "rows": rows}
+                     f"{os.getloadavg()[0]:.1f}", "code": {name: _commit(root) for name, root in codes.items()},
+           "rows": rows}
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
