@@ -58,6 +58,7 @@ RESTORE_SCHEMA = pa.schema(
         ("out_bytes", pa.int64()),
         ("out_sha256", pa.string()),
         ("format", pa.string()),
+        ("settings", pa.string()),  # everything besides model and LR that shapes the output bytes
         ("width", pa.int64()),
         ("height", pa.int64()),
         ("model_id", pa.string()),
@@ -115,11 +116,23 @@ def part_paths(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
 
 def read_manifest(fs: fsspec.AbstractFileSystem, path: str, schema: pa.Schema | None = None,
                   columns: list[str] | None = None) -> pa.Table:
-    """All parts as one table (empty with ``schema`` when there are none); ``columns`` reads only those."""
+    """All parts as one table (empty with ``schema`` when there are none); ``columns`` reads only those.
+
+    A part written before a column existed reads that column as nulls, so manifests stay readable as the
+    schema grows.
+    """
+    known = {f.name: f.type for s in (schema, RESTORE_SCHEMA, INGEST_SCHEMA) if s is not None for f in s}
     tables = []
     for p in part_paths(fs, path):
         with fs.open(p, "rb") as f:
-            tables.append(pq.read_table(f, columns=columns))
+            part = pq.ParquetFile(f)
+            names = part.schema_arrow.names
+            table = part.read(columns=None if columns is None else [c for c in columns if c in names])
+        for c in columns or []:
+            if c not in names:
+                table = table.append_column(pa.field(c, known.get(c, pa.string())),
+                                            pa.nulls(table.num_rows, known.get(c, pa.string())))
+        tables.append(table.select(columns) if columns else table)
     if not tables:
         empty = (schema or INGEST_SCHEMA).empty_table()
         return empty.select(columns) if columns else empty

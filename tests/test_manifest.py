@@ -52,3 +52,16 @@ def test_writer_flushes_by_row_count_and_unknown_columns_fail(tmp_path):
 def test_empty_manifest_reads_as_empty_table(tmp_path):
     fs, root = open_fs(str(tmp_path / "none"))
     assert read_manifest(fs, root).num_rows == 0
+
+
+def test_parts_written_before_a_column_existed_read_it_as_nulls(tmp_path):
+    from irn_batch.manifest import RESTORE_SCHEMA
+
+    fs, root = open_fs(str(tmp_path))
+    old_schema = RESTORE_SCHEMA.remove(RESTORE_SCHEMA.get_field_index("settings"))
+    write_part(fs, root, "restore-1", 0, to_table([{"key": "a", "status": "ok"}], old_schema))
+    write_part(fs, root, "restore-2", 0, to_table([{"key": "b", "status": "ok", "settings": "format=png"}],
+                                                    RESTORE_SCHEMA))
+    table = read_manifest(fs, root, RESTORE_SCHEMA, columns=["key", "settings"])
+    assert table.to_pylist() == [{"key": "a", "settings": None}, {"key": "b", "settings": "format=png"}]
+    assert read_manifest(fs, root).column("settings").to_pylist() == [None, "format=png"]

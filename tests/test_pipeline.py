@@ -111,6 +111,24 @@ def test_rerun_skips_finished_work_and_redoes_a_deleted_lr(s3_run):
     assert verify("s3://lrb/out", StorageConfig(endpoint_url=endpoint), out=io.StringIO())["problems"] == 0
 
 
+def test_restore_rerun_skips_intact_outputs_and_redoes_missing_ones(s3_run):
+    fs, common = s3_run["fs"], s3_run["common"]
+    first = _restore(common, "s3://lrb/again")
+    fs.invalidate_cache()
+    before = {k: fs.cat_file(f"lrb/again/{k}") for k in s3_run["sizes"]}
+    gone = sorted(before)[0]
+    fs.rm_file(f"lrb/again/{gone}")
+    second = _restore(common, "s3://lrb/again")
+    assert (first["ok"], second["ok"], second["skipped"], second["error"]) == (4, 1, 3, 0)
+    fs.invalidate_cache()
+    assert {k: fs.cat_file(f"lrb/again/{k}") for k in before} == before  # the redone one: same bytes
+    rows = [r for r in read_manifest(fs, "lrb/again/_manifest").to_pylist() if r["job_id"] == second["job_id"]]
+    assert {r["key"]: r["status"] for r in rows} == {k: "ok" if k == gone else "skipped" for k in before}
+    # other settings make other bytes: everything is restored again, as is everything with redo=true
+    assert _restore(common, "s3://lrb/again", temperature=0.5)["ok"] == 4
+    assert _restore(common, "s3://lrb/again", temperature=0.5, redo="true")["ok"] == 4
+
+
 def test_restore_filters_and_formats(s3_run):
     fs, common = s3_run["fs"], s3_run["common"]
     s = _restore(common, "s3://lrb/webp", glob="sub/*", format="webp", quality=90)

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from irn_batch.manifest import INGEST_SCHEMA, empty_row, to_table, write_part
+from irn_batch.manifest import INGEST_SCHEMA, RESTORE_SCHEMA, empty_row, to_table, write_part
 from irn_batch.pipeline.config import IngestConfig, RestoreConfig, load_config
 from irn_batch.pipeline.ingest import plan
-from irn_batch.pipeline.restore import RestoreError
+from irn_batch.pipeline.restore import RestoreError, output_settings
 from irn_batch.pipeline.restore import plan as restore_plan
 from irn_batch.storage import StorageError, open_fs
 
@@ -71,7 +71,8 @@ def test_rerun_checks_intact_ok_rows_and_leaves_old_errors(tmp_path):
 
 def _restore_plan(tmp_path, *extra, model=MODEL):
     cfg = load_config(RestoreConfig, None, [f"input={tmp_path / 'lr'}", f"output={tmp_path / 'hr'}", *extra])
-    return {r["key"]: r for r in restore_plan(cfg, model).to_pylist()}
+    items, _ = restore_plan(cfg, model, output_settings(cfg, 0.0))
+    return {r["key"]: r for r in items.to_pylist()}
 
 
 def test_restore_takes_the_latest_ok_row_per_input_and_filters(tmp_path):
@@ -116,3 +117,36 @@ def test_restore_from_a_bare_lr_prefix_then_clashing_output_keys(tmp_path):
     items = _restore_plan(tmp_path)
     assert items["a.jpg"]["out_uri"] == f"{tmp_path}/hr/a.png" and items["a.jpg"]["pre_error"] is None
     assert items["a.png"]["out_uri"] is None and "already used by 'a.jpg'" in items["a.png"]["pre_error"]
+
+
+def test_restore_rerun_checks_earlier_restores_with_the_same_lr_model_and_settings(tmp_path):
+    lr, hr = f"{tmp_path}/lr", f"{tmp_path}/hr"
+    keys = ["same.png", "lr_changed.png", "other_model.png", "failed.png", "never.png", "q.png"]
+    fs, m = open_fs(f"{lr}/_manifest")
+    write_part(fs, m, "ingest-old", 0, to_table([
+        empty_row(INGEST_SCHEMA, job_id="j", key=k, source_uri=f"in/{k}", lr_uri=f"{lr}/{k}", lr_sha256=f"lr-{k}",
+                  model_id=MODEL, status="ok", finished_at=1.0) for k in keys], INGEST_SCHEMA))
+    cfg = load_config(RestoreConfig, None, [f"input={lr}", f"output={hr}"])
+    png = output_settings(cfg, 0.0)
+    assert png == "format=png temperature=0 precision=fp32 tile=512"
+
+    def done(key, **kw):
+        row = dict(job_id="r", key=key, out_uri=f"{hr}/{key}", out_sha256=f"out-{key}", lr_sha256=f"lr-{key}",
+                   model_id=MODEL, settings=png, status="ok", finished_at=2.0)
+        return empty_row(RESTORE_SCHEMA, **{**row, **kw})
+
+    fs, m = open_fs(f"{hr}/_manifest")
+    write_part(fs, m, "restore-old", 0, to_table([
+        done("same.png"), done("lr_changed.png", lr_sha256="lr-before"), done("other_model.png", model_id="x"),
+        done("failed.png"), done("failed.png", status="error", out_uri=None, out_sha256=None, finished_at=3.0),
+        done("q.png", settings=png.replace("png", "webp quality=95"))], RESTORE_SCHEMA))
+    items = _restore_plan(tmp_path)
+    assert {k: (r["check_uri"], r["check_sha"]) for k, r in items.items() if r["check_sha"]} == {
+        "same.png": (f"{hr}/same.png", "out-same.png")}
+    assert not any(r["check_sha"] for r in _restore_plan(tmp_path, "redo=true").values())
+    # another format, quality or temperature makes other bytes: nothing is skipped
+    assert not any(r["check_sha"] for r in _restore_plan(tmp_path, "temperature=1").values())
+    assert output_settings(load_config(RestoreConfig, None, ["input=a", "output=b", "format=jpg", "quality=80"]), 1.0) \
+        == "format=jpg quality=80 temperature=1 precision=fp32 tile=512"
+    with pytest.raises(RestoreError, match="unknown output format 'gif'"):
+        output_settings(load_config(RestoreConfig, None, ["input=a", "output=b", "format=gif"]), 1.0)

@@ -35,8 +35,8 @@ def init_ray(rc: RayConfig) -> None:
     ctx.print_on_execution_start = False
 
 
-def load_model_bytes(model: str | None, scale: int, storage: StorageConfig) -> tuple[bytes, str, int]:
-    """(checkpoint bytes, model id, scale), read once by the driver and shipped to every actor."""
+def load_model_bytes(model: str | None, scale: int, storage: StorageConfig) -> tuple[bytes, Checkpoint]:
+    """(checkpoint bytes, the checkpoint): read and verified once by the driver, the bytes shipped to every actor."""
     if model is None:
         path = default_weights_path(scale)
         if not path.is_file():
@@ -51,8 +51,7 @@ def load_model_bytes(model: str | None, scale: int, storage: StorageConfig) -> t
         except (OSError, ValueError) as e:
             raise CheckpointError(f"{model}: cannot read checkpoint ({e})") from e
         name = model
-    ckpt = checkpoint_from_bytes(data, name)
-    return data, ckpt.model_id, ckpt.model.scale
+    return data, checkpoint_from_bytes(data, name)
 
 
 def pool_size(ac: ActorConfig, n_items: int) -> int:

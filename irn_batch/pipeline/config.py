@@ -67,6 +67,7 @@ class RestoreConfig:
     format: str = "png"  # png | jpeg | webp
     quality: int = 95
     temperature: Optional[float] = None  # None -> the checkpoint's default
+    redo: bool = False  # restore again even where an intact earlier restore with these settings exists
     max_input_bytes: int = 64 * 1024 * 1024
     job_id: Optional[str] = None
     rows_per_part: int = 1000

@@ -154,7 +154,8 @@ def _first_owner_keeps_its_lr_key(t: pa.Table) -> pa.Table:
 
 def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
     """Run one ingest job; returns the summary dict (also printed), including ``job_id`` and ``manifest``."""
-    ckpt_bytes, model_id, scale = load_model_bytes(cfg.model, cfg.scale, cfg.storage)
+    ckpt_bytes, ckpt = load_model_bytes(cfg.model, cfg.scale, cfg.storage)
+    model_id, scale = ckpt.model_id, ckpt.model.scale
     items, left, manifest_dir, job_id = plan(cfg, model_id)
     log(f"ingest {job_id}: {items.num_rows} inputs to check/process, model {model_id} (x{scale}); "
         f"{left.num_rows} earlier errors not retried (retry_errors=true to retry)")

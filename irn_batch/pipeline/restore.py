@@ -2,6 +2,10 @@
 
 Same stream shape as ingest: items -> read stage (LR bytes) -> model actors (checksum, model id, restore
 with the recorded z seed, encode, atomic write) -> restore-manifest rows written by the driver.
+
+Like ingest, a rerun into the same output is resumable: an input whose earlier restore there is ``ok``,
+from the same LR bytes, model and output settings, and whose object still has the recorded sha256, gets a
+``skipped`` receipt instead of being restored again (``redo=true`` restores everything).
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from irn_batch import tiling
 from irn_batch.manifest import MANIFEST_DIR, RESTORE_SCHEMA, ManifestWriter, empty_row, latest_table, new_job_id
 from irn_batch.manifest import part_paths, read_manifest, to_table
 from irn_batch.pipeline.common import Summary, load_model_bytes
@@ -29,10 +34,23 @@ ITEM_SCHEMA = pa.schema([("key", pa.string()), ("lr_uri", pa.string()), ("out_ur
 
 
 PLAN_COLUMNS = ["key", "lr_uri", "lr_sha256", "model_id", "z_seed", "width", "height"]  # from the ingest manifest
+# from this output's own (restore) manifest, to find work already done
+DONE_COLUMNS = ["key", "out_uri", "out_sha256", "lr_sha256", "model_id", "settings", "status", "finished_at"]
 
 
 class RestoreError(ValueError):
     """A restore request that cannot run at all (no such input, wrong model)."""
+
+
+def output_settings(cfg: RestoreConfig, default_temperature: float) -> str:
+    """The options besides model and LR that shape a restore's bytes, as one comparable string."""
+    ext = FORMATS.get(cfg.format.lower())
+    if ext is None:
+        raise RestoreError(f"unknown output format {cfg.format!r} (png, jpeg or webp)")
+    temperature = default_temperature if cfg.temperature is None else float(cfg.temperature)
+    quality = "" if ext == ".png" else f" quality={cfg.quality}"  # PNG is lossless: quality has no effect
+    return (f"format={ext[1:]}{quality} temperature={temperature:g} precision={cfg.actors.precision} "
+            f"tile={cfg.actors.tile or tiling.DEFAULT_TILE}")
 
 
 class RestoreActor:
@@ -41,6 +59,7 @@ class RestoreActor:
     def __init__(self, ckpt_bytes: bytes, cfg: RestoreConfig, job_id: str):
         self.ckpt = actor_model(ckpt_bytes, cfg.actors)
         self.cfg, self.job_id = cfg, job_id
+        self.settings = output_settings(cfg, self.ckpt.default_temperature)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return to_table([self.one(r) for r in batch.to_pylist()], RESTORE_SCHEMA)
@@ -52,8 +71,12 @@ class RestoreActor:
         cfg = self.cfg
         row = empty_row(RESTORE_SCHEMA, job_id=self.job_id, key=rec["key"], lr_uri=rec["lr_uri"],
                         lr_sha256=rec["lr_sha256"], out_uri=rec["out_uri"], format=cfg.format,
-                        model_id=self.ckpt.model_id, z_seed=rec["z_seed"], read_s=rec["read_s"])
+                        settings=self.settings, model_id=self.ckpt.model_id, z_seed=rec["z_seed"],
+                        read_s=rec["read_s"])
         t0 = time.perf_counter()
+        if rec["skip"]:  # a receipt: the earlier restore of this LR with these settings is intact
+            row.update(status="skipped", out_sha256=rec["check_sha"], total_s=rec["read_s"], finished_at=time.time())
+            return row
         data, stage = rec["data"], "restore"
         try:
             if rec["pre_error"] is not None or data is None:
@@ -94,8 +117,9 @@ def _manifest_path(fs, path: str) -> str | None:
     return None
 
 
-def plan(cfg: RestoreConfig, model_id: str) -> pa.Table:
-    """Work items from a manifest (latest ok row per input, filtered) or from every PNG under an LR prefix.
+def plan(cfg: RestoreConfig, model_id: str, settings: str) -> tuple[pa.Table, str]:
+    """(work items, this job's manifest dir): the latest ok row per input of an ingest manifest (filtered),
+    or every PNG under an LR prefix; items already restored intact are marked to be checked, not redone.
 
     Built in Arrow columns, like the ingest plan: no per-row Python objects survive planning.
     """
@@ -103,9 +127,7 @@ def plan(cfg: RestoreConfig, model_id: str) -> pa.Table:
     fs_out, out_path = open_fs(cfg.output, cfg.storage)
     if not fs_in.exists(in_path):
         raise RestoreError(f"{cfg.input}: no such manifest or prefix")
-    ext = FORMATS.get(cfg.format.lower())
-    if ext is None:
-        raise RestoreError(f"unknown output format {cfg.format!r} (png, jpeg or webp)")
+    ext = FORMATS[cfg.format.lower()]  # checked by output_settings
     mpath = _manifest_path(fs_in, in_path)
     if mpath is not None:
         table = read_manifest(fs_in, mpath, columns=["source_uri", "status", "finished_at", *PLAN_COLUMNS])
@@ -146,22 +168,49 @@ def plan(cfg: RestoreConfig, model_id: str) -> pa.Table:
         outs.append(out)
         errors.append(err)
     del owners
-    n = table.num_rows
     table = table.append_column("out_uri", pa.array(outs, pa.string()))
     table = table.append_column("pre_error", pa.array(errors, pa.string()))
-    table = table.append_column("check_uri", pa.nulls(n, pa.string()))
-    table = table.append_column("check_sha", pa.nulls(n, pa.string()))
-    return table.select(ITEM_SCHEMA.names).cast(ITEM_SCHEMA)
+    manifest_dir = cfg.manifest or to_uri(fs_out, f"{out_path.rstrip('/')}/{MANIFEST_DIR}")
+    done = None if cfg.redo else _earlier_restores(manifest_dir, cfg)
+    return _mark_done(table, done, model_id, settings).select(ITEM_SCHEMA.names).cast(ITEM_SCHEMA), manifest_dir
+
+
+def _earlier_restores(manifest_dir: str, cfg: RestoreConfig) -> pa.Table:
+    """The latest attempt per key in this output's restore manifest (empty when there is none)."""
+    fs, path = open_fs(manifest_dir, cfg.storage)
+    done = latest_table(read_manifest(fs, path, RESTORE_SCHEMA, columns=DONE_COLUMNS), "key")
+    return done.drop_columns(["finished_at"]).rename_columns(["key", *(f"done_{c}" for c in DONE_COLUMNS[1:-1])])
+
+
+def _mark_done(items: pa.Table, done: pa.Table | None, model_id: str, settings: str) -> pa.Table:
+    """Add check_uri/check_sha: set where an ok restore of the same LR bytes, model and settings exists."""
+    n = items.num_rows
+    if done is None or done.num_rows == 0:
+        return items.append_column("check_uri", pa.nulls(n, pa.string())).append_column(
+            "check_sha", pa.nulls(n, pa.string()))
+    items = items.append_column("i", pa.array(range(n), pa.int64()))
+    t = items.join(done, "key", join_type="left outer").sort_by("i")
+    same = [pc.is_null(t["pre_error"]), pc.equal(t["done_status"], "ok"), pc.equal(t["done_out_uri"], t["out_uri"]),
+            pc.equal(t["done_lr_sha256"], t["lr_sha256"]), pc.equal(t["done_model_id"], model_id),
+            pc.equal(t["done_settings"], settings), pc.is_valid(t["done_out_sha256"])]
+    intact = same[0]
+    for cond in same[1:]:
+        intact = pc.and_kleene(intact, cond)
+    intact = pc.fill_null(intact, False)  # an LR without a recorded checksum (bare prefix) is always redone
+    none = pa.scalar(None, pa.string())
+    t = t.append_column("check_uri", pc.if_else(intact, t["out_uri"], none))
+    return t.append_column("check_sha", pc.if_else(intact, t["done_out_sha256"], none))
 
 
 def run_restore(cfg: RestoreConfig, log=print) -> dict[str, Any]:
     """Run one restore job; returns the summary dict (also printed)."""
-    ckpt_bytes, model_id, _scale = load_model_bytes(cfg.model, cfg.scale, cfg.storage)
-    items = plan(cfg, model_id)
+    ckpt_bytes, ckpt = load_model_bytes(cfg.model, cfg.scale, cfg.storage)
+    model_id, settings = ckpt.model_id, output_settings(cfg, ckpt.default_temperature)
+    items, manifest_dir = plan(cfg, model_id, settings)
     job_id = cfg.job_id or new_job_id("restore")
-    fs_out, out_path = open_fs(cfg.output, cfg.storage)
-    manifest_dir = cfg.manifest or to_uri(fs_out, f"{out_path.rstrip('/')}/{MANIFEST_DIR}")
-    log(f"restore {job_id}: {items.num_rows} LR images, model {model_id}, format {cfg.format}")
+    earlier = items.num_rows - items["check_sha"].null_count
+    log(f"restore {job_id}: {items.num_rows} LR images, model {model_id}, {settings}; {earlier} restored "
+        "before with these settings (checked by sha256, not redone; redo=true to restore them again)")
     summary = Summary("restore", total=items.num_rows)
     fs_m, m_path = open_fs(manifest_dir, cfg.storage)
     writer = ManifestWriter(fs_m, m_path, job_id, RESTORE_SCHEMA, cfg.rows_per_part, seconds=cfg.progress_s)
