@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 
 from irn_batch.checkpoint import Checkpoint, CheckpointError, checkpoint_from_bytes, default_weights_path
@@ -23,16 +24,18 @@ def init_ray(rc: RayConfig) -> None:
     ``address="local"`` matters: a bare ``ray.init()`` would attach to any cluster that happens to run on
     this machine.
     """
-    if ray.is_initialized():
-        return
-    address = rc.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-    else:
-        ray.init(address="local", num_cpus=rc.num_cpus, include_dashboard=False)
+    if not ray.is_initialized():
+        address = rc.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address)
+        else:
+            ray.init(address="local", num_cpus=rc.num_cpus, include_dashboard=False)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the drivers print their own progress lines
     ctx.print_on_execution_start = False
+    # Our stages turn every per-record problem into a row and never raise, so a failed block means its
+    # worker died; stream_rows finds the records of such blocks and redoes them rather than aborting the job.
+    ctx.max_errored_blocks = -1
 
 
 def load_model_bytes(model: str | None, scale: int, storage: StorageConfig) -> tuple[bytes, Checkpoint]:
@@ -91,14 +94,43 @@ def items_dataset(items: pa.Table, n_blocks: int) -> "ray.data.Dataset":
     return ray.data.from_arrow([items.slice(i, step) for i in range(0, items.num_rows, step)])
 
 
-def stream_rows(items: pa.Table, actor_cls: type, uri_col: str, cfg: Any, ckpt_bytes: bytes,
-                job_id: str) -> Iterator[list[dict[str, Any]]]:
+def stream_rows(items: pa.Table, actor_cls: type, uri_col: str, cfg: Any, ckpt_bytes: bytes, job_id: str,
+                lost_row: Callable[[dict[str, Any], str], dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
     """The job's Ray Data stream: work items -> byte reads (per record) -> model actor pool -> result rows.
 
+    A record's problems become its own error row inside the actor, so a block is only lost when its worker
+    process dies on every try (a crash in a decoder, an out-of-memory kill). Those records are run again one
+    per block, so that an image which kills its worker takes no neighbour with it; any record still lost
+    gets ``lost_row(item, reason)``. Every item thus yields exactly one row and the job never hangs on it.
     ``cfg`` is an IngestConfig or RestoreConfig; both carry ray, actors, storage and max_input_bytes.
     """
     init_ray(cfg.ray)
-    n_blocks = max(1, min(items.num_rows, 100_000, -(-items.num_rows // cfg.actors.batch_size)))
+    done: list[pa.ChunkedArray] = []
+    yield from _run_stream(items, actor_cls, uri_col, cfg, ckpt_bytes, job_id, cfg.actors.batch_size, done)
+    lost = _not_in(items, uri_col, done)
+    if lost.num_rows:
+        done = []
+        # one record per call and one call per actor at a time: a dying actor takes only its own record
+        yield from _run_stream(lost, actor_cls, uri_col, cfg, ckpt_bytes, job_id, 1, done, isolate=True)
+        tries = 2 * (1 + cfg.actors.retries)
+        reason = (f"worker: the process handling this image died on each of {tries} tries (a crash or an "
+                  "out-of-memory kill); the images processed beside it were not affected")
+        for batch in _not_in(lost, uri_col, done).to_batches(1000):
+            yield [lost_row(item, reason) for item in batch.to_pylist()]
+
+
+def _not_in(items: pa.Table, uri_col: str, done: list[pa.ChunkedArray]) -> pa.Table:
+    """The items whose ``uri_col`` value is in none of the ``done`` arrays."""
+    if not done:
+        return items
+    seen = pa.chunked_array([c for arr in done for c in arr.chunks], pa.string())
+    return items.filter(pc.invert(pc.is_in(items[uri_col], value_set=seen.combine_chunks())))
+
+
+def _run_stream(items: pa.Table, actor_cls: type, uri_col: str, cfg: Any, ckpt_bytes: bytes, job_id: str,
+                batch_size: int, done: list[pa.ChunkedArray], isolate: bool = False) -> Iterator[list[dict[str, Any]]]:
+    """One pass of the stream over ``items``; appends each result batch's ``uri_col`` to ``done``."""
+    n_blocks = max(1, min(items.num_rows, 100_000, -(-items.num_rows // batch_size)))
     ds = items_dataset(items, n_blocks)
     # num_cpus=0: the reads are I/O bound and must not wait for CPUs the model actors hold; a fixed
     # number of read tasks (one per actor), or Ray would start a new worker process per pending block
@@ -106,11 +138,16 @@ def stream_rows(items: pa.Table, actor_cls: type, uri_col: str, cfg: Any, ckpt_b
     ds = ds.map_batches(read_stage, batch_format="pyarrow", batch_size=None, num_cpus=0,
                         compute=ray.data.TaskPoolStrategy(size=n_actors),
                         fn_kwargs={"storage": cfg.storage, "max_bytes": cfg.max_input_bytes, "uri_col": uri_col})
-    ds = ds.map_batches(actor_cls, batch_format="pyarrow", batch_size=cfg.actors.batch_size,
-                        compute=ray.data.ActorPoolStrategy(size=n_actors),
+    # Ray Data retries an actor's batch for ever by default: an image that kills its worker would hang the
+    # job. A bounded number of tries, and blocks that still fail are dropped here and redone by the caller.
+    ds = ds.map_batches(actor_cls, batch_format="pyarrow", batch_size=batch_size,
+                        compute=ray.data.ActorPoolStrategy(size=n_actors,
+                                                           max_tasks_in_flight_per_actor=1 if isolate else None),
                         num_cpus=cfg.actors.num_cpus, num_gpus=cfg.actors.num_gpus,
+                        max_task_retries=cfg.actors.retries,  # a remote arg: Ray 2.60 has no named parameter
                         fn_constructor_kwargs={"ckpt_bytes": ckpt_bytes, "cfg": cfg, "job_id": job_id})
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        done.append(batch[uri_col])
         yield batch.to_pylist()
 
 

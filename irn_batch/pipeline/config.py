@@ -30,6 +30,7 @@ class ActorConfig:
     batch_size: int = 4
     tile: Optional[int] = None
     precision: str = "fp32"
+    retries: int = 2  # tries again on a fresh actor when the actor process dies mid-batch
 
 
 @dataclass

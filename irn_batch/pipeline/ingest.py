@@ -172,7 +172,11 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
             summary.add(r, None, None)
         writer.add(receipts)
     if items.num_rows:
-        batches = stream_rows(items, IngestActor, "source_uri", cfg, ckpt_bytes, job_id)
+        def lost(item: dict[str, Any], reason: str) -> dict[str, Any]:
+            return empty_row(INGEST_SCHEMA, job_id=job_id, key=item["key"], source_uri=item["source_uri"],
+                             scale=scale, model_id=model_id, status="error", error=reason, finished_at=time.time())
+
+        batches = stream_rows(items, IngestActor, "source_uri", cfg, ckpt_bytes, job_id, lost)
         record_stream(batches, summary, writer, ("source_bytes", "lr_bytes"), cfg.progress_s, log)
     writer.flush()
     return finish_job(summary, writer, job_id=job_id, manifest=manifest_dir, model_id=model_id)

@@ -215,7 +215,12 @@ def run_restore(cfg: RestoreConfig, log=print) -> dict[str, Any]:
     fs_m, m_path = open_fs(manifest_dir, cfg.storage)
     writer = ManifestWriter(fs_m, m_path, job_id, RESTORE_SCHEMA, cfg.rows_per_part, seconds=cfg.progress_s)
     if items.num_rows:
-        batches = stream_rows(items, RestoreActor, "lr_uri", cfg, ckpt_bytes, job_id)
+        def lost(item: dict[str, Any], reason: str) -> dict[str, Any]:
+            return empty_row(RESTORE_SCHEMA, job_id=job_id, key=item["key"], lr_uri=item["lr_uri"],
+                             lr_sha256=item["lr_sha256"], format=cfg.format, settings=settings, model_id=model_id,
+                             z_seed=item["z_seed"], status="error", error=reason, finished_at=time.time())
+
+        batches = stream_rows(items, RestoreActor, "lr_uri", cfg, ckpt_bytes, job_id, lost)
         record_stream(batches, summary, writer, ("lr_bytes", "out_bytes"), cfg.progress_s, log)
     writer.flush()
     return finish_job(summary, writer, job_id=job_id, manifest=manifest_dir, model_id=model_id)
