@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from irn_batch.manifest import MANIFEST_DIR, latest_table, part_paths, read_manifest
 from irn_batch.storage import StorageConfig, leftover_temps, open_fs, sha256_hex
@@ -58,11 +59,14 @@ def verify(target: str, storage: StorageConfig, workers: int = 8, out=None, quie
     sub = f"{path.rstrip('/')}/{MANIFEST_DIR}"
     is_prefix = fs.isdir(sub)
     mpath = sub if is_prefix else path
-    if not part_paths(fs, mpath):
+    parts = part_paths(fs, mpath)
+    if not parts:
         raise FileNotFoundError(f"{target}: no manifest found (no Parquet parts)")
-    table = read_manifest(fs, mpath)
-    col = "out_uri" if "out_uri" in table.column_names else "lr_uri"
-    prefix = col.split("_")[0]
+    with fs.open(parts[0], "rb") as f:
+        restore = "out_uri" in pq.read_schema(f).names
+    col, prefix = ("out_uri", "out") if restore else ("lr_uri", "lr")
+    # only the columns the check needs: a manifest of millions of rows stays small in memory
+    table = read_manifest(fs, mpath, columns=[col, f"{prefix}_bytes", f"{prefix}_sha256", "status", "finished_at"])
     errors = pc.sum(pc.equal(table["status"], "error")).as_py() or 0
     rows = latest_table(table.filter(pc.fill_null(pc.equal(table["status"], "ok"), False)), col)
     rows = rows.select([col, f"{prefix}_bytes", f"{prefix}_sha256"])
