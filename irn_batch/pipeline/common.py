@@ -88,6 +88,11 @@ def actor_model(ckpt_bytes: bytes, ac: ActorConfig) -> Checkpoint:
     return ckpt
 
 
+# Ray Data keeps about 50 KB of driver memory per block of a run (measured with Ray 2.60), so a job's
+# driver memory would grow with its number of images; past this many blocks, blocks grow instead.
+MAX_BLOCKS = 4000
+
+
 def items_dataset(items: pa.Table, n_blocks: int) -> "ray.data.Dataset":
     """Work items as a dataset of ``n_blocks`` Arrow blocks."""
     step = -(-items.num_rows // n_blocks)
@@ -129,13 +134,18 @@ def _not_in(items: pa.Table, uri_col: str, done: list[pa.ChunkedArray]) -> pa.Ta
 
 def _run_stream(items: pa.Table, actor_cls: type, uri_col: str, cfg: Any, ckpt_bytes: bytes, job_id: str,
                 batch_size: int, done: list[pa.ChunkedArray], isolate: bool = False) -> Iterator[list[dict[str, Any]]]:
-    """One pass of the stream over ``items``; appends each result batch's ``uri_col`` to ``done``."""
-    n_blocks = max(1, min(items.num_rows, 100_000, -(-items.num_rows // batch_size)))
+    """One pass of the stream over ``items``; appends each result batch's ``uri_col`` to ``done``.
+
+    Blocks hold ``batch_size`` items, or more once a job would exceed MAX_BLOCKS blocks; the read stage
+    still reads ``batch_size`` records at a time, so a big block never holds more than a batch of images.
+    """
+    rows_per_block = max(batch_size, -(-items.num_rows // MAX_BLOCKS))
+    n_blocks = max(1, -(-items.num_rows // rows_per_block))
     ds = items_dataset(items, n_blocks)
     # num_cpus=0: the reads are I/O bound and must not wait for CPUs the model actors hold; a fixed
     # number of read tasks (one per actor), or Ray would start a new worker process per pending block
     n_actors = pool_size(cfg.actors, n_blocks)  # an actor without a block would only cost start-up
-    ds = ds.map_batches(read_stage, batch_format="pyarrow", batch_size=None, num_cpus=0,
+    ds = ds.map_batches(read_stage, batch_format="pyarrow", batch_size=batch_size, num_cpus=0,
                         compute=ray.data.TaskPoolStrategy(size=n_actors),
                         fn_kwargs={"storage": cfg.storage, "max_bytes": cfg.max_input_bytes, "uri_col": uri_col})
     # Ray Data retries an actor's batch for ever by default: an image that kills its worker would hang the
@@ -147,7 +157,8 @@ def _run_stream(items: pa.Table, actor_cls: type, uri_col: str, cfg: Any, ckpt_b
                         max_task_retries=cfg.actors.retries,  # a remote arg: Ray 2.60 has no named parameter
                         fn_constructor_kwargs={"ckpt_bytes": ckpt_bytes, "cfg": cfg, "job_id": job_id})
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        done.append(batch[uri_col])
+        # a copy: a view would keep the whole result block (mapped from the object store) alive
+        done.append(pa.chunked_array([pa.array(batch[uri_col].to_pylist(), pa.string())]))
         yield batch.to_pylist()
 
 
