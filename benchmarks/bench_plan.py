@@ -17,7 +17,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +68,10 @@ def run(root):
         items = ingest.plan(cfg, "%s")[0]
     else:
         cfg = load_config(RestoreConfig, None, [f"input={root}/lr", f"output={root}/hr"])
-        items = restore.plan(cfg, "%s")
+        if hasattr(restore, "output_settings"):  # restores that resume: (items, manifest dir)
+            items = restore.plan(cfg, "%s", restore.output_settings(cfg, 0.0))[0]
+        else:  # older code: a list of dicts
+            items = restore.plan(cfg, "%s")
     if hasattr(items, "num_rows"):
         return items.num_rows, items["check_sha"].null_count
     return len(items), sum(1 for r in items if not r["check_sha"])  # older code: a list of dicts
@@ -78,7 +80,7 @@ base = peak()
 t0 = time.perf_counter()
 n, todo = run(work)
 print(json.dumps({"n": n, "to_redo": todo, "seconds": time.perf_counter() - t0, "growth": peak() - base}))
-""" % (MODEL, MODEL)
+""" % (MODEL, MODEL, MODEL)
 
 
 def measure(code_root: Path, warm: Path, work: Path, which: str) -> dict:

@@ -110,31 +110,40 @@ def stream_rows(items: pa.Table, actor_cls: type, uri_col: str, cfg: Any, ckpt_b
     ``cfg`` is an IngestConfig or RestoreConfig; both carry ray, actors, storage and max_input_bytes.
     """
     init_ray(cfg.ray)
-    done: list[pa.ChunkedArray] = []
-    yield from _run_stream(items, actor_cls, uri_col, cfg, ckpt_bytes, job_id, cfg.actors.batch_size, done)
-    lost = _not_in(items, uri_col, done)
-    if lost.num_rows:
+
+    def one_pass(todo: pa.Table, batch_size: int, isolate: bool = False):
+        """Yield the pass's result rows; return the items that got none."""
         done = []
+        for batch in _run_stream(todo, actor_cls, uri_col, cfg, ckpt_bytes, job_id, batch_size, isolate):
+            # a copy: a view would keep the whole result block (mapped from the object store) alive
+            done.append(pa.array(batch[uri_col].to_pylist(), pa.string()))
+            yield batch.to_pylist()
+        if not done:
+            return todo
+        return todo.filter(pc.invert(pc.is_in(todo[uri_col], value_set=pa.concat_arrays(done))))
+
+    lost = yield from one_pass(items, cfg.actors.batch_size)
+    if lost.num_rows:
         # one record per call and one call per actor at a time: a dying actor takes only its own record
-        yield from _run_stream(lost, actor_cls, uri_col, cfg, ckpt_bytes, job_id, 1, done, isolate=True)
+        lost = yield from one_pass(lost, 1, isolate=True)
         tries = 2 * (1 + cfg.actors.retries)
         reason = (f"worker: the process handling this image died on each of {tries} tries (a crash or an "
                   "out-of-memory kill); the images processed beside it were not affected")
-        for batch in _not_in(lost, uri_col, done).to_batches(1000):
+        for batch in lost.to_batches(1000):
             yield [lost_row(item, reason) for item in batch.to_pylist()]
 
 
-def _not_in(items: pa.Table, uri_col: str, done: list[pa.ChunkedArray]) -> pa.Table:
-    """The items whose ``uri_col`` value is in none of the ``done`` arrays."""
-    if not done:
-        return items
-    seen = pa.chunked_array([c for arr in done for c in arr.chunks], pa.string())
-    return items.filter(pc.invert(pc.is_in(items[uri_col], value_set=seen.combine_chunks())))
+def all_true(*conditions: Any) -> pa.ChunkedArray:
+    """Element-wise AND of boolean columns (or scalars), with null counting as false."""
+    out = conditions[0]
+    for cond in conditions[1:]:
+        out = pc.and_kleene(out, cond)
+    return pc.fill_null(out, False)
 
 
 def _run_stream(items: pa.Table, actor_cls: type, uri_col: str, cfg: Any, ckpt_bytes: bytes, job_id: str,
-                batch_size: int, done: list[pa.ChunkedArray], isolate: bool = False) -> Iterator[list[dict[str, Any]]]:
-    """One pass of the stream over ``items``; appends each result batch's ``uri_col`` to ``done``.
+                batch_size: int, isolate: bool = False) -> Iterator[pa.Table]:
+    """One pass of the stream over ``items``: the result batches as they arrive.
 
     Blocks hold ``batch_size`` items, or more once a job would exceed MAX_BLOCKS blocks; the read stage
     still reads ``batch_size`` records at a time, so a big block never holds more than a batch of images.
@@ -156,10 +165,7 @@ def _run_stream(items: pa.Table, actor_cls: type, uri_col: str, cfg: Any, ckpt_b
                         num_cpus=cfg.actors.num_cpus, num_gpus=cfg.actors.num_gpus,
                         max_task_retries=cfg.actors.retries,  # a remote arg: Ray 2.60 has no named parameter
                         fn_constructor_kwargs={"ckpt_bytes": ckpt_bytes, "cfg": cfg, "job_id": job_id})
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        # a copy: a view would keep the whole result block (mapped from the object store) alive
-        done.append(pa.chunked_array([pa.array(batch[uri_col].to_pylist(), pa.string())]))
-        yield batch.to_pylist()
+    yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
 def record_stream(batches: Iterable[list[dict[str, Any]]], summary: "Summary", writer: ManifestWriter,

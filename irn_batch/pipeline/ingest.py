@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from irn_batch.manifest import INGEST_SCHEMA, MANIFEST_DIR, ManifestWriter, empty_row, latest_table, new_job_id
 from irn_batch.manifest import read_manifest, to_table
 from irn_batch.pipeline.common import Summary, load_model_bytes
-from irn_batch.pipeline.common import actor_model, finish_job, record_stream, stream_rows
+from irn_batch.pipeline.common import actor_model, all_true, finish_job, record_stream, stream_rows
 from irn_batch.pipeline.config import IngestConfig
 from irn_batch.pipeline.read import one_line
 from irn_batch.storage import StorageError, derived_key, join_key, list_keys, open_fs, safe_key, sha256_hex
@@ -96,7 +96,7 @@ def plan(cfg: IngestConfig, model_id: str) -> tuple[pa.Table, pa.Table, str, str
         keys = list(cfg.keys) if cfg.keys is not None else list_keys(fs_in, in_path, cfg.include, cfg.exclude)
     except OSError as e:  # a mistyped prefix must not look like an empty job
         raise StorageError(f"{cfg.input}: cannot list the input prefix ({one_line(e)})") from e
-    sources, lrs, errors = [], [], []
+    sources, lrs, errors, owners = [], [], [], {}
     for key in keys:
         src = lr = err = None
         try:
@@ -106,6 +106,10 @@ def plan(cfg: IngestConfig, model_id: str) -> tuple[pa.Table, pa.Table, str, str
             if lr_key.split("/", 1)[0] == MANIFEST_DIR:
                 raise StorageError(f"key {key!r} would write into the manifest folder")
             lr = to_uri(fs_out, join_key(out_path, lr_key))
+            # two inputs with one LR key (a.jpg, a.png): the first in listing order keeps it
+            if lr in owners:
+                raise StorageError(f"its LR object {lr} is already used by input {owners[lr]!r}")
+            owners[lr] = key
         except StorageError as e:
             src, lr, err = src or f"{cfg.input.rstrip('/')}/{key}", None, f"key: {e}"
         sources.append(src)
@@ -115,41 +119,21 @@ def plan(cfg: IngestConfig, model_id: str) -> tuple[pa.Table, pa.Table, str, str
     t = pa.table({"key": pa.array(keys, pa.string()), "source_uri": pa.array(sources, pa.string()),
                   "lr_uri": pa.array(lrs, pa.string()), "pre_error": pa.array(errors, pa.string()),
                   "i": pa.array(np.arange(n, dtype=np.int64))})
-    del keys, sources, lrs, errors
-    t = _first_owner_keeps_its_lr_key(t)
+    del keys, sources, lrs, errors, owners
     previous = latest_table(read_manifest(fs_m, m_path, columns=PLAN_COLUMNS), "source_uri")
     previous = previous.select(["source_uri", "lr_uri", "lr_sha256", "model_id", "status", "error"])
     previous = previous.rename_columns(["source_uri", "prev_lr_uri", "prev_sha", "prev_model", "prev_status",
                                         "prev_error"])
     t = t.join(previous, "source_uri", join_type="left outer").sort_by("i")
     fresh = pc.is_null(t["pre_error"])
-    intact = pc.and_(fresh, pc.and_(pc.equal(t["prev_status"], "ok"), pc.and_(
-        pc.equal(t["prev_lr_uri"], t["lr_uri"]), pc.equal(t["prev_model"], model_id))))
-    intact = pc.fill_null(intact, False)
-    left_alone = pc.fill_null(pc.and_(fresh, pc.equal(t["prev_status"], "error")), False)
-    if cfg.retry_errors:
-        left_alone = pc.and_(left_alone, False)
-    left_alone = pc.and_(left_alone, pc.invert(intact))
+    intact = all_true(fresh, pc.equal(t["prev_status"], "ok"), pc.equal(t["prev_lr_uri"], t["lr_uri"]),
+                      pc.equal(t["prev_model"], model_id))
+    left_alone = all_true(fresh, pc.equal(t["prev_status"], "error"), pa.scalar(not cfg.retry_errors))
     t = t.append_column("check_uri", pc.if_else(intact, t["lr_uri"], pa.scalar(None, pa.string())))
     t = t.append_column("check_sha", pc.if_else(intact, t["prev_sha"], pa.scalar(None, pa.string())))
     left = t.filter(left_alone).select(["key", "source_uri", "prev_error"])
     items = t.filter(pc.invert(left_alone)).select(ITEM_SCHEMA.names).cast(ITEM_SCHEMA)
     return items, left, manifest_dir, cfg.job_id or new_job_id("ingest")
-
-
-def _first_owner_keeps_its_lr_key(t: pa.Table) -> pa.Table:
-    """Two inputs that map to one LR key (a.jpg, a.png): the first in listing order keeps it, the rest error."""
-    owners = t.filter(pc.is_valid(t["lr_uri"])).group_by("lr_uri", use_threads=False).aggregate([("i", "min")])
-    if owners.num_rows == pc.sum(pc.is_valid(t["lr_uri"])).as_py():
-        return t
-    owner = t.join(owners, "lr_uri", join_type="left outer").sort_by("i")["i_min"]
-    clash = pc.fill_null(pc.not_equal(owner, t["i"]), False)
-    msgs = [f"key: its LR object {lr} is already used by input {t['key'][o].as_py()!r}" if c else e
-            for c, o, lr, e in zip(clash.to_pylist(), owner.to_pylist(), t["lr_uri"].to_pylist(),
-                                   t["pre_error"].to_pylist())]
-    t = t.set_column(t.schema.get_field_index("pre_error"), "pre_error", pa.array(msgs, pa.string()))
-    return t.set_column(t.schema.get_field_index("lr_uri"), "lr_uri",
-                        pc.if_else(clash, pa.scalar(None, pa.string()), t["lr_uri"]))
 
 
 def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import fnmatch
 import time
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -20,7 +21,7 @@ from irn_batch import tiling
 from irn_batch.manifest import MANIFEST_DIR, RESTORE_SCHEMA, ManifestWriter, empty_row, latest_table, new_job_id
 from irn_batch.manifest import part_paths, read_manifest, to_table
 from irn_batch.pipeline.common import Summary, load_model_bytes
-from irn_batch.pipeline.common import actor_model, finish_job, record_stream, stream_rows
+from irn_batch.pipeline.common import actor_model, all_true, finish_job, record_stream, stream_rows
 from irn_batch.pipeline.config import RestoreConfig
 from irn_batch.pipeline.read import one_line
 from irn_batch.storage import StorageError, atomic_write, derived_key, join_key, list_keys, open_fs, safe_key
@@ -188,15 +189,13 @@ def _mark_done(items: pa.Table, done: pa.Table | None, model_id: str, settings: 
     if done is None or done.num_rows == 0:
         return items.append_column("check_uri", pa.nulls(n, pa.string())).append_column(
             "check_sha", pa.nulls(n, pa.string()))
-    items = items.append_column("i", pa.array(range(n), pa.int64()))
+    items = items.append_column("i", pa.array(np.arange(n, dtype=np.int64)))
     t = items.join(done, "key", join_type="left outer").sort_by("i")
-    same = [pc.is_null(t["pre_error"]), pc.equal(t["done_status"], "ok"), pc.equal(t["done_out_uri"], t["out_uri"]),
-            pc.equal(t["done_lr_sha256"], t["lr_sha256"]), pc.equal(t["done_model_id"], model_id),
-            pc.equal(t["done_settings"], settings), pc.is_valid(t["done_out_sha256"])]
-    intact = same[0]
-    for cond in same[1:]:
-        intact = pc.and_kleene(intact, cond)
-    intact = pc.fill_null(intact, False)  # an LR without a recorded checksum (bare prefix) is always redone
+    # an LR without a recorded checksum (bare prefix) compares as null: always redone
+    intact = all_true(pc.is_null(t["pre_error"]), pc.equal(t["done_status"], "ok"),
+                      pc.equal(t["done_out_uri"], t["out_uri"]), pc.equal(t["done_lr_sha256"], t["lr_sha256"]),
+                      pc.equal(t["done_model_id"], model_id), pc.equal(t["done_settings"], settings),
+                      pc.is_valid(t["done_out_sha256"]))
     none = pa.scalar(None, pa.string())
     t = t.append_column("check_uri", pc.if_else(intact, t["out_uri"], none))
     return t.append_column("check_sha", pc.if_else(intact, t["done_out_sha256"], none))
