@@ -44,6 +44,11 @@ INGEST_SCHEMA = pa.schema(
         ("error", pa.string()),
         *_TIMINGS,
         ("finished_at", pa.float64()),
+        # "input" (the file itself: undecodable, too large, a bad key; redone with retry_errors=true) or
+        # "transient" (storage, a lost worker: redone by a plain rerun); null in parts of older versions
+        ("error_kind", pa.string()),
+        # what identified the source's version when it was listed (S3: ETag; local: mtime_ns:<ns>)
+        ("source_version", pa.string()),
     ]
 )
 

@@ -10,11 +10,13 @@ import hashlib
 import os
 import posixpath
 import re
+import stat
 import time
 import unicodedata
 import uuid
-from dataclasses import dataclass
-from typing import Any, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -75,6 +77,25 @@ def to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return f"{proto}://{path}"
 
 
+def open_uri(uri: str, storage: StorageConfig | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path) for a URI made by :func:`to_uri`, the path taken exactly as written.
+
+    Unlike :func:`open_fs`, nothing in the path is parsed: ``::`` (fsspec's URL chaining), ``#``, ``?`` and
+    ``%`` are characters of the key. The protocol before ``://`` picks the filesystem; an absolute path is
+    local. Raises StorageError for anything else (a URI that ``to_uri`` cannot have made).
+    """
+    if uri.startswith("/"):
+        return fsspec.filesystem("file"), uri
+    proto, sep, path = uri.partition("://")
+    if not sep or not proto or "/" in proto or ":" in proto:
+        raise StorageError(f"{uri!r} is not an absolute path or a protocol://path URI")
+    return fsspec.filesystem(proto, **(storage or StorageConfig()).options(uri)), path
+
+
+_DRIVE = re.compile(r"[A-Za-z]:(/|$)")  # 'C:/x.png', 'C:' (a Windows drive)
+_BAD_CATEGORIES = ("Cc", "Cf", "Cs", "Co", "Cn")
+
+
 def safe_key(key: str) -> str:
     """Normalise a relative key (NFC, '/' separators) and reject anything that could leave its prefix."""
     if not isinstance(key, str) or not key:
@@ -83,9 +104,9 @@ def safe_key(key: str) -> str:
     for ch in norm:
         cat = unicodedata.category(ch)
         # control, format (bidi overrides, zero-width), surrogates, private use and unassigned characters
-        if cat in ("Cc", "Cf", "Cs", "Co", "Cn"):
+        if cat in _BAD_CATEGORIES:
             raise StorageError(f"key {key!r} contains a disallowed character U+{ord(ch):04X}")
-    if norm.startswith("/") or (len(norm) > 1 and norm[1] == ":") or "://" in norm:
+    if norm.startswith("/") or _DRIVE.match(norm) or "://" in norm:
         raise StorageError(f"key {key!r} is absolute")
     parts = norm.split("/")
     if any(p in ("", ".", "..") for p in parts):
@@ -104,6 +125,35 @@ def join_key(prefix_path: str, key: str) -> str:
     if not out.startswith(base + "/"):
         raise StorageError(f"key {key!r} escapes the prefix")
     return out
+
+
+def output_key(key: str) -> str:
+    """The relative key an output of input ``key`` is written under: ``key`` made safe, or StorageError.
+
+    Input keys are opaque (read exactly as listed); only output keys are sanitised, so that they stay
+    under their prefix and name the same object when a URI of them is parsed again by fsspec:
+    NFC form; ``\\`` -> ``/``; empty and ``.`` components dropped (``a//b`` -> ``a/b``); control, format
+    (bidi, zero-width), surrogate, private-use and unassigned characters, and look-alikes of ``/`` or ``\\``
+    -> ``_``; ``::`` (fsspec URL chaining) -> ``:_:``; ``?versionId=`` (s3fs) -> ``_versionId=``; a leading
+    drive (``C:``) -> ``C_``. Rejected, as no safe name exists: a ``..`` component (also its NFKC
+    look-alikes such as U+2025) and a key with no component left.
+    """
+    if not isinstance(key, str):
+        raise StorageError("key is not a string")
+    norm = unicodedata.normalize("NFC", key).replace("\\", "/")
+    norm = "".join("_" if unicodedata.category(ch) in _BAD_CATEGORIES
+                   or (ch != "/" and any(c in "/\\" for c in unicodedata.normalize("NFKC", ch))) else ch
+                   for ch in norm)
+    parts = [p for p in norm.split("/") if p not in ("", ".")]
+    if not parts:
+        raise StorageError(f"key {key!r} names no file")
+    for p in parts:
+        if unicodedata.normalize("NFKC", p) in (".", ".."):
+            raise StorageError(f"key {key!r} has a '..' component (or a look-alike of one)")
+    parts = [re.sub(r":(?=:)", ":_", p).replace("?versionId=", "_versionId=") for p in parts]
+    if _DRIVE.match(parts[0]):
+        parts[0] = parts[0][0] + "_" + parts[0][2:]
+    return safe_key("/".join(parts))
 
 
 def relative_key(prefix_path: str, path: str) -> str:
@@ -164,44 +214,194 @@ def read_limited(fs: fsspec.AbstractFileSystem, path: str, max_bytes: int) -> by
     return data
 
 
-def _matches(key: str, patterns: Iterable[str]) -> bool:
-    name = key.rsplit("/", 1)[-1]
-    return any(fnmatch.fnmatchcase(key, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
+# Every suffix Pillow registers for the formats irn_batch.imageio decodes (PNG, JPEG with MPO, WebP, TIFF,
+# BMP, GIF, PPM/PGM/PBM/PNM/PFM, TGA, AVIF); tests/test_listing.py checks it against Pillow. Kept here, not
+# taken from imageio, so that listing never imports the decoders.
+IMAGE_SUFFIXES = (".png", ".apng", ".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".webp", ".tif", ".tiff", ".bmp",
+                  ".gif", ".ppm", ".pgm", ".pbm", ".pnm", ".pfm", ".tga", ".icb", ".vda", ".vst", ".avif", ".avifs")
+DEFAULT_INCLUDE = tuple(f"*{s}" for s in IMAGE_SUFFIXES)
 
 
-def list_keys(
-    fs: fsspec.AbstractFileSystem,
-    prefix_path: str,
-    include: Iterable[str] = ("*",),
-    exclude: Iterable[str] = (),
-    skip_dirs: Iterable[str] = ("_manifest",),
-) -> list[str]:
-    """Sorted relative keys under a prefix matching ``include`` and not ``exclude``.
-
-    Patterns match the whole relative key or its file name. Hidden temp files ('.*.tmp') and the
-    top-level ``skip_dirs`` (our own manifests) are never listed. The tree is walked one folder at a time
-    and only the matching keys are kept (``find`` would hold an info dict per object: ~1 KB each), and a
-    folder that cannot be listed is an error rather than silently missing inputs.
+def key_matcher(include: Iterable[str] | None, exclude: Iterable[str] = (),
+                match_case: bool = False) -> Callable[[str], bool]:
+    """A test for relative keys: True when ``key`` or its file name matches an ``include`` glob
+    (None: :data:`DEFAULT_INCLUDE`) and neither matches an ``exclude`` glob. Case-insensitive unless
+    ``match_case``; ``*`` also matches ``/``.
     """
-    include, exclude, skip = list(include), list(exclude), set(skip_dirs)
-    base = prefix_path.rstrip("/")
-    out = []
-    if fs.isfile(base):
-        return out
-    for root, dirs, files in fs.walk(base, on_error="raise"):
-        root = root.rstrip("/")
-        if root == base:
-            dirs[:] = [d for d in dirs if d not in skip]
-            rel = ""
+    flags = 0 if match_case else re.IGNORECASE
+
+    def compile_all(patterns: Iterable[str]) -> re.Pattern | None:
+        patterns = list(patterns)
+        return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns), flags) if patterns else None
+
+    inc = compile_all(DEFAULT_INCLUDE if include is None else include)
+    exc = compile_all(exclude)
+
+    def hit(rx: re.Pattern | None, key: str) -> bool:
+        return rx is not None and (rx.match(key) is not None or rx.match(key.rsplit("/", 1)[-1]) is not None)
+
+    return lambda key: hit(inc, key) and not hit(exc, key)
+
+
+@dataclass
+class Listing:
+    """What the listing of an input found: every object the store returned is in exactly one of
+    ``keys`` (taken), ``left_out`` (not matched by the patterns, or not a regular file) or ``internal``
+    (this project's own objects: a top-level manifest folder, temp objects of killed writers, folder
+    markers). ``sizes``/``versions`` run beside ``keys``: bytes and what identifies the object's version
+    (S3: the ETag; local: ``mtime_ns:<st_mtime_ns>``), None where unknown.
+    """
+
+    root: str
+    single: bool = False  # the input named one object: its key is its file name and its path is ``root``
+    keys: list[str] = field(default_factory=list)
+    sizes: list[int | None] = field(default_factory=list)
+    versions: list[str | None] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)
+    internal: int = 0
+
+    def path(self, key: str) -> str:
+        """The raw path of a listed key on the listed filesystem (no normalisation)."""
+        return self.root if self.single else f"{self.root}/{key}"
+
+
+def list_objects(fs: fsspec.AbstractFileSystem, prefix_path: str, include: Iterable[str] | None = None,
+                 exclude: Iterable[str] = (), match_case: bool = False, skip_dirs: Iterable[str] = ("_manifest",),
+                 single: bool = True) -> Listing:
+    """Every object under ``prefix_path``, sorted by key and sorted into taken / left out / internal.
+
+    Keys are the stored names relative to the prefix, exactly as listed (no Unicode normalisation, ``//``
+    and backslashes kept). S3 is listed flat (no delimiter), so keys with empty segments are not lost as in
+    a folder walk; local folders are scanned with ``os.scandir`` (symlinks followed, each folder once). Only
+    a few Python objects per object are kept (``find`` would hold a ~1 KB info dict each). With ``single``,
+    a prefix holding no objects that is itself an object is listed as that one object. A prefix that
+    cannot be listed raises OSError (FileNotFoundError for a missing bucket or folder).
+    """
+    base = prefix_path.rstrip("/") or prefix_path
+    taken = key_matcher(include, exclude, match_case)
+    skip = set(skip_dirs)
+    out = Listing(root=base)
+    rows: list[tuple[str, int | None, str | None]] = []
+    left: list[str] = []
+
+    def emit(key: str, size: int | None, version: str | None) -> None:
+        if key.split("/", 1)[0] in skip and "/" in key or _TEMP_NAME.fullmatch(key.rsplit("/", 1)[-1]):
+            out.internal += 1
+        elif size is not None and taken(key):
+            rows.append((key, size, version))
         else:
-            rel = relative_key(base, root) + "/"
-        for name in files:
-            if name and not name.endswith(TEMP_SUFFIX):
-                key = rel + name
-                if _matches(key, include) and not _matches(key, exclude):
-                    out.append(key)
-        fs.invalidate_cache(root)  # s3fs would otherwise keep every folder's listing for the job's life
-    return sorted(out)
+            left.append(key)
+
+    if isinstance(fs, LocalFileSystem) and os.path.isfile(base):
+        pass
+    elif isinstance(fs, LocalFileSystem):
+        _scan_local(base, emit, out)
+    elif _is_s3(fs):
+        _scan_s3(fs, base, emit, out)
+    else:
+        for path, info in fs.find(base, withdirs=False, detail=True).items():
+            emit(relative_key(base, path), info.get("size"), _version(info))
+    if single and not rows and not left and not out.internal and fs.isfile(base):
+        out.single = True
+        size, version = stat_object(fs, base)
+        emit(base.rsplit("/", 1)[-1], size, version)
+    rows.sort()
+    out.keys = [r[0] for r in rows]
+    out.sizes = [r[1] for r in rows]
+    out.versions = [r[2] for r in rows]
+    out.left_out = sorted(left)
+    return out
+
+
+def list_keys(fs: fsspec.AbstractFileSystem, prefix_path: str, include: Iterable[str] | None = ("*",),
+              exclude: Iterable[str] = (), skip_dirs: Iterable[str] = ("_manifest",),
+              match_case: bool = False) -> list[str]:
+    """Sorted relative keys under a prefix that the patterns take (see :func:`list_objects`)."""
+    return list_objects(fs, prefix_path, include, exclude, match_case, skip_dirs, single=False).keys
+
+
+def _scan_local(base: str, emit: Callable, out: Listing) -> None:
+    """Regular files under a local folder (folder symlinks followed once each); others get size None."""
+    seen, todo = set(), [(base, "")]
+    while todo:
+        folder, rel = todo.pop()
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in seen:  # a symlink back up the tree
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        with os.scandir(folder) as entries:
+            for e in entries:
+                key = rel + e.name
+                try:
+                    if e.is_dir():
+                        todo.append((e.path, key + "/"))
+                        continue
+                    st = e.stat()
+                except OSError:  # a broken symlink: listed, never read
+                    emit(key, None, None)
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    emit(key, st.st_size, f"mtime_ns:{st.st_mtime_ns}")
+                else:  # a FIFO or device would block or never end a read
+                    emit(key, None, None)
+
+
+def _is_s3(fs: fsspec.AbstractFileSystem) -> bool:
+    protos = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    return "s3" in protos and hasattr(fs, "_call_s3")
+
+
+def _scan_s3(fs: fsspec.AbstractFileSystem, base: str, emit: Callable, out: Listing) -> None:
+    """Every object under the prefix, one ListObjectsV2 page (1,000 keys) at a time, without a delimiter."""
+    from fsspec.asyn import sync
+
+    bucket, key, _ = fs.split_path(base)
+    prefix = f"{key}/" if key else ""
+
+    async def pages() -> None:
+        kw: dict[str, Any] = {}
+        while True:
+            page = await fs._call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, **kw, **fs.req_kw)
+            for c in page.get("Contents", []):
+                rel = c["Key"][len(prefix):]
+                if rel.endswith("/") and not c.get("Size"):  # a folder marker made by a console
+                    out.internal += 1
+                elif rel.endswith("/") or "?versionId=" in rel:  # names s3fs cannot read: left out, listed
+                    emit(rel, None, c.get("ETag"))
+                else:
+                    emit(rel, int(c["Size"]), c.get("ETag"))
+            if not page.get("IsTruncated"):
+                return
+            kw = {"ContinuationToken": page["NextContinuationToken"]}
+
+    sync(fs.loop, pages)
+
+
+def _version(info: dict[str, Any]) -> str | None:
+    """What identifies an object's version in an fsspec info dict: its ETag, else its modification time."""
+    etag = info.get("ETag") or info.get("etag")
+    if etag:
+        return str(etag)
+    t = info.get("mtime", info.get("LastModified", info.get("last_modified")))
+    return None if t is None else f"mtime:{_mtime(info)!r}"
+
+
+def stat_object(fs: fsspec.AbstractFileSystem, path: str) -> tuple[int | None, str | None]:
+    """(size, version) of one object as :func:`list_objects` records them; (None, None) when it is missing."""
+    try:
+        if isinstance(fs, LocalFileSystem):
+            st = os.stat(path)
+            return (st.st_size, f"mtime_ns:{st.st_mtime_ns}") if stat.S_ISREG(st.st_mode) else (None, None)
+        info = fs.info(path)
+    except (OSError, ValueError):
+        return None, None
+    return info.get("size"), _version(info)
+
+
+def stat_objects(fs: fsspec.AbstractFileSystem, paths: list[str], threads: int = 16) -> list[tuple]:
+    """:func:`stat_object` for many paths, ``threads`` at a time (object stores answer in tens of ms)."""
+    with ThreadPoolExecutor(max(1, min(threads, len(paths) or 1))) as pool:
+        return list(pool.map(lambda p: stat_object(fs, p), paths))
 
 
 def leftover_temps(fs: fsspec.AbstractFileSystem, prefix_path: str, older_than_s: float = 0.0) -> list[str]:
@@ -223,9 +423,6 @@ def _mtime(info: dict[str, Any]) -> float:
     if hasattr(t, "timestamp"):
         return t.timestamp()
     return float(t) if t is not None else 0.0
-
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif")
 
 
 def derived_key(key: str, ext: str) -> str:

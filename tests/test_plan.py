@@ -23,7 +23,8 @@ def _plan(tmp_path, keys, previous=(), *extra):
                                                      for p in previous], INGEST_SCHEMA))
     cfg = load_config(IngestConfig, None, [f"input={tmp_path / 'in'}", f"output={tmp_path / 'lr'}",
                                            f"keys={json.dumps(keys)}", *extra])
-    items, left, _, _ = plan(cfg, MODEL)
+    p = plan(cfg, MODEL)
+    items, left = p.items, p.left
     return {r["key"]: r for r in items.to_pylist()}, {r["key"]: r for r in left.to_pylist()}
 
 

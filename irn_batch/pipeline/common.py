@@ -204,6 +204,8 @@ class Summary:
     started: float = field(default_factory=time.monotonic)
     wall_s: float = 0.0
     errors: list[str] = field(default_factory=list)
+    left_out: int | None = None  # objects under the input that the include/exclude patterns did not take
+    no_output: int | None = None  # inputs of this run still without a good output (errors, errors kept)
 
     def add(self, row: dict[str, Any], bytes_in: int | None, bytes_out: int | None) -> None:
         if row["status"] == "ok":
@@ -242,6 +244,7 @@ class Summary:
             "storage_saved": round(1 - self.bytes_out / self.bytes_in, 4)
             if self.bytes_in and self.kind == "ingest" else None,
             "wall_s": round(self.wall_s, 3),
+            **{k: v for k, v in (("left_out", self.left_out), ("no_output", self.no_output)) if v is not None},
         }
 
     def print(self, file=None) -> None:
@@ -249,8 +252,9 @@ class Summary:
         d = self.as_dict()
         print(f"== {self.kind} summary ==", file=file)
         for k in ("total", "ok", "error", "skipped", "megapixels", "mp_per_s", "images_per_s", "bytes_in",
-                  "bytes_out", "storage_saved", "wall_s"):
-            print(f"  {k:<14} {d[k]}", file=file)
+                  "bytes_out", "storage_saved", "wall_s", "left_out", "no_output"):
+            if k in d:
+                print(f"  {k:<14} {d[k]}", file=file)
         for line in self.errors[:50]:
             print(f"  error  {line}", file=file)
         if len(self.errors) > 50:

@@ -7,9 +7,7 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from irn_batch.storage import StorageConfig
-
-DEFAULT_INCLUDE = ["*.png", "*.jpg", "*.jpeg", "*.webp", "*.tif", "*.tiff", "*.bmp", "*.gif"]
+from irn_batch.storage import DEFAULT_INCLUDE, StorageConfig  # noqa: F401  (DEFAULT_INCLUDE: re-exported)
 
 
 @dataclass
@@ -38,8 +36,10 @@ class IngestConfig:
     input: str = "???"
     output: str = "???"
     keys: Optional[list[str]] = None  # relative keys under ``input``; None -> list it with include/exclude
-    include: list[str] = field(default_factory=lambda: list(DEFAULT_INCLUDE))
+    include: Optional[list[str]] = None  # globs on the key or its file name; None -> every decodable format
     exclude: list[str] = field(default_factory=list)
+    match_case: bool = False  # include/exclude globs are case-insensitive unless set
+    dry_run: bool = False  # print the plan (inputs, left-out keys) and exit without work
     manifest: Optional[str] = None  # default <output>/_manifest
     model: Optional[str] = None  # checkpoint path/URL; None -> package default weights for ``scale``
     scale: int = 2

@@ -7,7 +7,8 @@ driver writes in parts as they arrive.
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections import Counter
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -18,16 +19,32 @@ from irn_batch.manifest import read_manifest, to_table
 from irn_batch.pipeline.common import Summary, load_model_bytes
 from irn_batch.pipeline.common import actor_model, all_true, finish_job, record_stream, stream_rows
 from irn_batch.pipeline.config import IngestConfig
-from irn_batch.pipeline.read import one_line
-from irn_batch.storage import StorageError, derived_key, join_key, list_keys, open_fs, safe_key, sha256_hex
-from irn_batch.storage import to_uri
+from irn_batch.pipeline.read import INPUT, TRANSIENT, one_line
+from irn_batch.storage import Listing, StorageError, derived_key, join_key, list_objects, open_fs
+from irn_batch.storage import open_uri, output_key, sha256_hex, stat_objects, to_uri
 
 
 ITEM_SCHEMA = pa.schema([(n, pa.string()) for n in
-                         ("key", "source_uri", "lr_uri", "check_uri", "check_sha", "pre_error")])
+                         ("key", "source_uri", "lr_uri", "check_uri", "check_sha", "pre_error", "source_version")])
 
 
-PLAN_COLUMNS = ["source_uri", "lr_uri", "lr_sha256", "model_id", "status", "error", "key", "finished_at"]
+PLAN_COLUMNS = ["source_uri", "lr_uri", "lr_sha256", "model_id", "status", "error", "key", "finished_at",
+                "source_bytes", "source_version", "error_kind"]
+
+# error messages of manifests written before error_kind existed that a plain rerun retries
+_OLD_TRANSIENT = ("read:", "write:", "worker:")
+
+
+class IngestPlan(NamedTuple):
+    """What an ingest run will do: ``items`` to read (and maybe skip), ``left`` earlier input errors left
+    alone, the manifest folder, the job id, and the input's ``listing`` (its ``left_out`` keys and counts;
+    its per-object lists are emptied once planned)."""
+
+    items: pa.Table
+    left: pa.Table
+    manifest_dir: str
+    job_id: str
+    listing: Listing
 
 
 class IngestActor:
@@ -46,14 +63,14 @@ class IngestActor:
 
         row = empty_row(INGEST_SCHEMA, job_id=self.job_id, key=rec["key"], source_uri=rec["source_uri"],
                         lr_uri=rec["lr_uri"], scale=self.ckpt.model.scale, model_id=self.ckpt.model_id,
-                        read_s=rec["read_s"])
+                        read_s=rec["read_s"], source_version=rec.get("source_version"))
         t0 = time.perf_counter()
         if rec["skip"]:  # a receipt: this job found the earlier ok LR intact (same object, same sha256)
             row.update(status="skipped", lr_sha256=rec["check_sha"], total_s=rec["read_s"], finished_at=time.time())
             return row
         data = rec["data"]
         if rec["pre_error"] is not None or data is None:
-            return self._error(row, rec["pre_error"] or "read: no data", t0)
+            return self._error(row, rec["pre_error"] or "read: no data", t0, rec.get("error_kind") or TRANSIENT)
         row.update(source_bytes=len(data), source_sha256=sha256_hex(data))
         stage = "decode"
         try:
@@ -65,25 +82,68 @@ class IngestActor:
                                          precision=self.cfg.actors.precision)
             row.update(z_seed=seed, model_s=time.perf_counter() - t1)
             stage, t2 = "write", time.perf_counter()
-            fs, path = open_fs(rec["lr_uri"], self.cfg.storage)
+            fs, path = open_uri(rec["lr_uri"], self.cfg.storage)
             from irn_batch.storage import atomic_write
 
             atomic_write(fs, path, png)
             row.update(lr_bytes=len(png), lr_sha256=sha256_hex(png), write_s=time.perf_counter() - t2)
         except Exception as e:  # any failure on one image becomes that image's error row
-            return self._error(row, f"{stage}: {one_line(e)}", t0)
+            # the file's own fault unless storage (the write) or the machine (memory) failed
+            kind = TRANSIENT if stage == "write" or isinstance(e, MemoryError) else INPUT
+            return self._error(row, f"{stage}: {one_line(e)}", t0, kind)
         row.update(status="ok", total_s=(rec["read_s"] or 0.0) + time.perf_counter() - t0, finished_at=time.time())
         return row
 
     @staticmethod
-    def _error(row: dict[str, Any], msg: str, t0: float) -> dict[str, Any]:
-        row.update(status="error", error=msg, lr_uri=None, total_s=time.perf_counter() - t0,
+    def _error(row: dict[str, Any], msg: str, t0: float, kind: str) -> dict[str, Any]:
+        row.update(status="error", error=msg, error_kind=kind, lr_uri=None, total_s=time.perf_counter() - t0,
                    finished_at=time.time())
         return row
 
 
-def plan(cfg: IngestConfig, model_id: str) -> tuple[pa.Table, pa.Table, str, str]:
-    """(work items, earlier errors left alone, manifest dir, job id) for this run.
+def list_input(cfg: IngestConfig, fs_in, in_path: str) -> Listing:
+    """The input's objects: the ``keys`` given (stat'ed for their version), else a listing of the prefix.
+
+    Raises StorageError (exit 2) for a prefix that cannot be listed, one holding no objects, one whose
+    objects the patterns all leave out, and a single-object input that the patterns do not take.
+    """
+    if cfg.keys is not None:  # keys are taken as given; the patterns do not apply
+        listing = Listing(root=in_path.rstrip("/"), keys=list(cfg.keys))
+        stats = stat_objects(fs_in, [listing.path(k) for k in listing.keys])
+        listing.sizes, listing.versions = [st[0] for st in stats], [st[1] for st in stats]
+        return listing
+    try:
+        listing = list_objects(fs_in, in_path, cfg.include, cfg.exclude, cfg.match_case)
+    except OSError as e:  # a mistyped prefix must not look like an empty job
+        raise StorageError(f"{cfg.input}: cannot list the input prefix ({one_line(e)})") from e
+    if not listing.keys:
+        pats = f"include={list(cfg.include) if cfg.include is not None else 'default image suffixes'}" + (
+            f" exclude={list(cfg.exclude)}" if cfg.exclude else "") + ("" if cfg.match_case else " (any case)")
+        if listing.single:
+            raise StorageError(f"{cfg.input}: the input is one object and {pats} does not take its name")
+        if listing.left_out:
+            raise StorageError(f"{cfg.input}: {pats} takes none of its {len(listing.left_out)} objects "
+                               f"({left_out_counts(listing.left_out)}); dry_run=true lists them")
+        raise StorageError(f"{cfg.input}: the input prefix holds no objects")
+    return listing
+
+
+def left_out_counts(keys: list[str]) -> str:
+    """'12 .txt, 3 .raw, 1 without a suffix': left-out keys counted by their (lower-case) suffix."""
+    counts = Counter((k.rsplit("/", 1)[-1].rpartition(".")[2].lower() if "." in k.rsplit("/", 1)[-1] else "")
+                     for k in keys)
+    return ", ".join(f"{n} {'.' + s if s else 'without a suffix'}" for s, n in counts.most_common())
+
+
+def plan(cfg: IngestConfig, model_id: str) -> IngestPlan:
+    """What this run does: the work items, the earlier input errors left alone, and what was left out.
+
+    Source keys are opaque: each is read at its listed path (``source_uri``, read with ``open_uri``), and
+    only its LR key is made safe (:func:`irn_batch.storage.output_key`); two inputs whose LR keys clash
+    leave the LR to the first in key order and the other gets an error row. An input is checked (skipped
+    when its LR is intact) only when its latest attempt was ``ok`` with this model, and its source has the
+    listed size and version that attempt recorded; an input whose latest attempt was an error of the input
+    itself is left alone unless ``retry_errors`` (or its source changed); transient errors are redone.
 
     Built column by column in Arrow: the driver keeps a few hundred bytes per input, not a dict per input
     (``benchmarks/bench_plan.py`` measures the peak).
@@ -92,75 +152,143 @@ def plan(cfg: IngestConfig, model_id: str) -> tuple[pa.Table, pa.Table, str, str
     fs_out, out_path = open_fs(cfg.output, cfg.storage)
     manifest_dir = cfg.manifest or to_uri(fs_out, f"{out_path.rstrip('/')}/{MANIFEST_DIR}")
     fs_m, m_path = open_fs(manifest_dir, cfg.storage)
-    try:
-        keys = list(cfg.keys) if cfg.keys is not None else list_keys(fs_in, in_path, cfg.include, cfg.exclude)
-    except OSError as e:  # a mistyped prefix must not look like an empty job
-        raise StorageError(f"{cfg.input}: cannot list the input prefix ({one_line(e)})") from e
-    sources, lrs, errors, owners = [], [], [], {}
-    for key in keys:
-        src = lr = err = None
+    listing = list_input(cfg, fs_in, in_path)
+    keys, sources, lrs, errors, owners = [], [], [], [], {}
+    for key in listing.keys:
+        src = to_uri(fs_in, listing.path(key))
+        lr = err = None
         try:
-            k = safe_key(key)
-            src = to_uri(fs_in, join_key(in_path, k))
-            lr_key = derived_key(k, ".png")
+            if not _utf8(key):  # a local name that is not UTF-8: Arrow and object stores need UTF-8
+                key, src = _shown(key), _shown(src)
+                raise StorageError(f"the name is not valid UTF-8 (shown with \\x escapes); rename the file")
+            lr_key = derived_key(output_key(key), ".png")
             if lr_key.split("/", 1)[0] == MANIFEST_DIR:
                 raise StorageError(f"key {key!r} would write into the manifest folder")
             lr = to_uri(fs_out, join_key(out_path, lr_key))
-            # two inputs with one LR key (a.jpg, a.png): the first in listing order keeps it
+            # two inputs with one LR key (a.jpg, a.png; NFC and NFD forms of one name): the first keeps it
             if lr in owners:
                 raise StorageError(f"its LR object {lr} is already used by input {owners[lr]!r}")
             owners[lr] = key
         except StorageError as e:
-            src, lr, err = src or f"{cfg.input.rstrip('/')}/{key}", None, f"key: {e}"
+            lr, err = None, f"key: {e}"
+        keys.append(key)
         sources.append(src)
         lrs.append(lr)
         errors.append(err)
     n = len(keys)
     t = pa.table({"key": pa.array(keys, pa.string()), "source_uri": pa.array(sources, pa.string()),
                   "lr_uri": pa.array(lrs, pa.string()), "pre_error": pa.array(errors, pa.string()),
+                  "size": pa.array(listing.sizes, pa.int64()),
+                  "source_version": pa.array(listing.versions, pa.string()),
                   "i": pa.array(np.arange(n, dtype=np.int64))})
     del keys, sources, lrs, errors, owners
+    listing.keys, listing.sizes, listing.versions = [], [], []
     previous = latest_table(read_manifest(fs_m, m_path, columns=PLAN_COLUMNS), "source_uri")
-    previous = previous.select(["source_uri", "lr_uri", "lr_sha256", "model_id", "status", "error"])
+    previous = previous.select(["source_uri", "lr_uri", "lr_sha256", "model_id", "status", "error", "source_bytes",
+                                "source_version", "error_kind"])
     previous = previous.rename_columns(["source_uri", "prev_lr_uri", "prev_sha", "prev_model", "prev_status",
-                                        "prev_error"])
+                                        "prev_error", "prev_bytes", "prev_version", "prev_kind"])
     t = t.join(previous, "source_uri", join_type="left outer").sort_by("i")
     fresh = pc.is_null(t["pre_error"])
+    # the source changed since that attempt: another listed version or size than it recorded
+    changed = pc.or_(all_true(pc.not_equal(t["prev_version"], t["source_version"])),
+                     all_true(pc.not_equal(t["prev_bytes"], t["size"])))
     intact = all_true(fresh, pc.equal(t["prev_status"], "ok"), pc.equal(t["prev_lr_uri"], t["lr_uri"]),
-                      pc.equal(t["prev_model"], model_id))
-    left_alone = all_true(fresh, pc.equal(t["prev_status"], "error"), pa.scalar(not cfg.retry_errors))
+                      pc.equal(t["prev_model"], model_id), pc.invert(changed))
+    # rows written before error_kind existed: storage and lost-worker errors count as transient
+    old_transient = pc.fill_null(_any_prefix(t["prev_error"], _OLD_TRANSIENT), False)
+    kind = pc.coalesce(t["prev_kind"], pc.if_else(old_transient, pa.scalar(TRANSIENT), pa.scalar(INPUT)))
+    t = t.set_column(t.column_names.index("prev_kind"), "prev_kind", kind)
+    left_alone = all_true(fresh, pc.equal(t["prev_status"], "error"), pc.equal(kind, INPUT), pc.invert(changed),
+                          pa.scalar(not cfg.retry_errors))
     t = t.append_column("check_uri", pc.if_else(intact, t["lr_uri"], pa.scalar(None, pa.string())))
     t = t.append_column("check_sha", pc.if_else(intact, t["prev_sha"], pa.scalar(None, pa.string())))
-    left = t.filter(left_alone).select(["key", "source_uri", "prev_error"])
+    left = t.filter(left_alone).select(["key", "source_uri", "prev_error", "prev_kind", "source_version"])
     items = t.filter(pc.invert(left_alone)).select(ITEM_SCHEMA.names).cast(ITEM_SCHEMA)
-    return items, left, manifest_dir, cfg.job_id or new_job_id("ingest")
+    return IngestPlan(items, left, manifest_dir, cfg.job_id or new_job_id("ingest"), listing)
+
+
+def _any_prefix(col: pa.ChunkedArray, prefixes: tuple[str, ...]) -> pa.ChunkedArray:
+    out = pc.starts_with(col, prefixes[0])
+    for p in prefixes[1:]:
+        out = pc.or_(out, pc.starts_with(col, p))
+    return out
+
+
+def _utf8(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(s: str) -> str:
+    """A name with undecodable bytes (surrogate escapes from os.scandir) as text with \\x escapes."""
+    return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def print_plan(p: IngestPlan, cfg: IngestConfig, log: Callable[[str], Any] = print) -> dict[str, Any]:
+    """The plan report of ``dry_run=true``: one line per input and per left-out key, then the counts."""
+    items, left, listing = p.items, p.left, p.listing
+    counts = Counter()
+    for batch in items.to_batches(1000):
+        for r in batch.to_pylist():
+            action = "error" if r["pre_error"] else "check" if r["check_sha"] else "ingest"
+            counts[action] += 1
+            log(f"  {action:<8} {r['key']}  ->  {r['pre_error'] or r['lr_uri']}")
+    for r in left.to_pylist():
+        counts["kept error"] += 1
+        log(f"  {'kept':<8} {r['key']}  ->  earlier error not retried (retry_errors=true): {r['prev_error']}")
+    for key in listing.left_out:
+        log(f"  {'left out':<8} {key}")
+    log(f"plan {p.job_id}: {items.num_rows + left.num_rows} inputs under {cfg.input} "
+        f"({counts['ingest']} to ingest, {counts['check']} to check for an intact earlier LR, {counts['error']} with "
+        f"a key error, {counts['kept error']} earlier input errors kept); {len(listing.left_out)} objects left out "
+        f"by include/exclude{' (' + left_out_counts(listing.left_out) + ')' if listing.left_out else ''}; "
+        f"{listing.internal} of this project's own objects skipped (manifests, temp objects, folder markers)")
+    return {"kind": "ingest", "dry_run": True, "total": items.num_rows + left.num_rows, "ok": 0, "error": 0,
+            "skipped": 0, "left_out": len(listing.left_out), "job_id": p.job_id, "manifest": p.manifest_dir,
+            "parts": 0, **{k.replace(" ", "_"): v for k, v in counts.items()}}
 
 
 def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
-    """Run one ingest job; returns the summary dict (also printed), including ``job_id`` and ``manifest``."""
+    """Run one ingest job; returns the summary dict (also printed), including ``job_id`` and ``manifest``.
+
+    With ``dry_run`` only the plan is printed (:func:`print_plan`); nothing is read, written or started.
+    """
     ckpt_bytes, ckpt = load_model_bytes(cfg.model, cfg.scale, cfg.storage)
     model_id, scale = ckpt.model_id, ckpt.model.scale
-    items, left, manifest_dir, job_id = plan(cfg, model_id)
+    p = plan(cfg, model_id)
+    items, left, manifest_dir, job_id = p.items, p.left, p.manifest_dir, p.job_id
+    if cfg.dry_run:
+        return print_plan(p, cfg, log)
     log(f"ingest {job_id}: {items.num_rows} inputs to check/process, model {model_id} (x{scale}); "
-        f"{left.num_rows} earlier errors not retried (retry_errors=true to retry)")
-    summary = Summary("ingest", total=items.num_rows + left.num_rows)
+        f"{left.num_rows} earlier input errors not retried (retry_errors=true to retry); "
+        f"{len(p.listing.left_out)} objects left out by include/exclude"
+        f"{' (' + left_out_counts(p.listing.left_out) + '; dry_run=true lists them)' if p.listing.left_out else ''}")
+    summary = Summary("ingest", total=items.num_rows + left.num_rows, left_out=len(p.listing.left_out))
     fs_m, m_path = open_fs(manifest_dir, cfg.storage)
     writer = ManifestWriter(fs_m, m_path, job_id, INGEST_SCHEMA, cfg.rows_per_part, seconds=cfg.progress_s)
     # inputs left alone still get a row in this job's manifest, saying why
     for batch in left.to_batches(max(1, cfg.rows_per_part)):
-        receipts = [empty_row(INGEST_SCHEMA, job_id=job_id, key=p["key"], source_uri=p["source_uri"], scale=scale,
+        receipts = [empty_row(INGEST_SCHEMA, job_id=job_id, key=r["key"], source_uri=r["source_uri"], scale=scale,
                               model_id=model_id, status="skipped", finished_at=time.time(),
-                              error=f"not retried (retry_errors=true to retry): {p['prev_error']}")
-                    for p in batch.to_pylist()]
+                              error=f"not retried (retry_errors=true to retry): {r['prev_error']}",
+                              error_kind=r["prev_kind"], source_version=r["source_version"])
+                    for r in batch.to_pylist()]
         for r in receipts:
             summary.add(r, None, None)
         writer.add(receipts)
     if items.num_rows:
         def lost(item: dict[str, Any], reason: str) -> dict[str, Any]:
             return empty_row(INGEST_SCHEMA, job_id=job_id, key=item["key"], source_uri=item["source_uri"],
-                             scale=scale, model_id=model_id, status="error", error=reason, finished_at=time.time())
+                             scale=scale, model_id=model_id, status="error", error=reason, error_kind=TRANSIENT,
+                             source_version=item["source_version"], finished_at=time.time())
 
         batches = stream_rows(items, IngestActor, "source_uri", cfg, ckpt_bytes, job_id, lost)
         record_stream(batches, summary, writer, ("source_bytes", "lr_bytes"), cfg.progress_s, log)
     writer.flush()
+    # every input now has an intact LR, except this run's errors and the input errors left alone
+    summary.no_output = summary.error + left.num_rows
     return finish_job(summary, writer, job_id=job_id, manifest=manifest_dir, model_id=model_id)

@@ -25,7 +25,7 @@ from irn_batch.pipeline.common import Summary, load_model_bytes
 from irn_batch.pipeline.common import actor_model, all_true, finish_job, record_stream, stream_rows
 from irn_batch.pipeline.config import RestoreConfig
 from irn_batch.pipeline.read import one_line
-from irn_batch.storage import StorageError, atomic_write, derived_key, join_key, list_keys, open_fs, safe_key
+from irn_batch.storage import StorageError, atomic_write, derived_key, join_key, list_keys, open_fs, output_key
 from irn_batch.storage import sha256_hex, to_uri
 
 ITEM_SCHEMA = pa.schema([("key", pa.string()), ("lr_uri", pa.string()), ("out_uri", pa.string()),
@@ -166,7 +166,7 @@ def plan(cfg: RestoreConfig, model_id: str, settings: str) -> tuple[pa.Table, st
     for key in table["key"].to_pylist():
         out = err = None
         try:
-            out = to_uri(fs_out, join_key(out_path, derived_key(safe_key(key), ext)))
+            out = to_uri(fs_out, join_key(out_path, derived_key(output_key(key), ext)))
             if out in owners:
                 raise StorageError(f"output key already used by {owners[out]!r}")
             owners[out] = key

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from irn_batch.manifest import MANIFEST_DIR, latest_table, part_paths, read_manifest
-from irn_batch.storage import StorageConfig, leftover_temps, open_fs, sha256_hex
+from irn_batch.storage import StorageConfig, StorageError, leftover_temps, open_fs, open_uri, sha256_hex
 
 BATCH_ROWS = 1024  # rows checked per round: the check's memory does not grow with the manifest
 
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def check_object(uri: str, size: int | None, sha: str | None, storage: StorageConfig) -> str | None:
     """None when the object matches, else the problem in a few words."""
     try:
-        fs, path = open_fs(uri, storage)
+        fs, path = open_uri(uri, storage)  # the path exactly as recorded
         data = fs.cat_file(path)
     except FileNotFoundError:
         return "missing"
@@ -65,10 +65,15 @@ def verify(target: str, storage: StorageConfig, workers: int = 8, out=None, quie
     with fs.open(parts[0], "rb") as f:
         restore = "out_uri" in pq.read_schema(f).names
     col, prefix = ("out_uri", "out") if restore else ("lr_uri", "lr")
+    # an input is its source object (ingest) or its key (restore); only its latest attempt counts: an
+    # error that a later run fixed is history, and an ok row that a later error replaced is not checked
+    input_col = "key" if restore else "source_uri"
     # only the columns the check needs: a manifest of millions of rows stays small in memory
-    table = read_manifest(fs, mpath, columns=[col, f"{prefix}_bytes", f"{prefix}_sha256", "status", "finished_at"])
+    table = read_manifest(fs, mpath, columns=[input_col, col, f"{prefix}_bytes", f"{prefix}_sha256", "status",
+                                              "finished_at"])
+    table = latest_table(table, input_col)
     errors = pc.sum(pc.equal(table["status"], "error")).as_py() or 0
-    rows = latest_table(table.filter(pc.fill_null(pc.equal(table["status"], "ok"), False)), col)
+    rows = table.filter(pc.fill_null(pc.equal(table["status"], "ok"), False))
     rows = rows.select([col, f"{prefix}_bytes", f"{prefix}_sha256"])
     del table
     problems, checked = [], 0
@@ -86,7 +91,7 @@ def verify(target: str, storage: StorageConfig, workers: int = 8, out=None, quie
     summary = {"checked": checked, "ok": checked - len(problems), "problems": len(problems), "error_rows": errors,
                "temp_objects": 0}
     print(f"verify: {checked} objects checked, {summary['ok']} ok, {summary['problems']} "
-          f"missing/mismatched; {errors} error rows in the manifest (not checked)", file=out)
+          f"missing/mismatched; {errors} inputs whose latest attempt is an error (not checked)", file=out)
     if is_prefix:
         temps = leftover_temps(fs, path, temp_age)
         summary["temp_objects"] = len(temps)
@@ -107,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = verify(args.target, storage, args.workers, quiet=args.quiet, remove_temp=args.remove_temp,
                          temp_age=args.temp_age)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, StorageError) as e:
         print(f"irn-batch verify: error: {e}", file=sys.stderr)
         return 2
     return 1 if summary["problems"] else 0
