@@ -70,7 +70,8 @@ def test_every_local_input_is_ingested_as_listed_and_a_rerun_finishes_the_job(ra
     second = run_ingest(cfg)
     assert (second["ok"], second["error"], second["skipped"], second["no_output"]) == (2, 1, images - 3, 2)
     rows2 = _latest(fs, m, second["job_id"])
-    assert rows2["plain.png"]["status"] == "ok" and (rows2["plain.png"]["width"], rows2["plain.png"]["height"]) == (20, 12)
+    plain = rows2["plain.png"]
+    assert plain["status"] == "ok" and (plain["width"], plain["height"]) == (20, 12)
     assert Image.open(tmp_path / "lr" / "plain.png").size == (10, 6)
     assert rows2["blocked.png"]["status"] == "ok" and rows2["corrupt.png"]["status"] == "skipped"
     history = [r for r in read_manifest(fs, m).to_pylist() if r["key"] == "plain.png" and r["status"] == "ok"]

@@ -51,7 +51,8 @@ def test_image_suffixes_cover_every_format_the_decoder_reads():
 
 def test_patterns_ignore_case_and_left_out_objects_are_counted(tmp_path):
     _files(tmp_path / "in", ["IMG_0001.JPG", "lower.jpg", "pic.AVIF", "sub/scan.Tiff", "notes.txt", "raw.CR2",
-                             "_manifest/x.parquet", "sub/_manifest/y.png", ".a.png.0123456789abcdef0123456789abcdef.tmp"])
+                             "_manifest/x.parquet", "sub/_manifest/y.png",
+                             ".a.png.0123456789abcdef0123456789abcdef.tmp"])
     fs, root = open_fs(str(tmp_path / "in"))
     listing = list_objects(fs, root)
     assert listing.keys == ["IMG_0001.JPG", "lower.jpg", "pic.AVIF", "sub/_manifest/y.png", "sub/scan.Tiff"]
@@ -172,7 +173,8 @@ def test_rerun_redoes_changed_sources_and_transient_errors(tmp_path):
                     source_version=version[name], finished_at=1.0, **kw)
 
     rows = [ok("same.png"), ok("new_bytes.png"), ok("touched.png"), err("decode.png", "decode: corrupt", "input"),
-            err("fixed.png", "decode: corrupt", "input"), err("write.png", "write: EndpointConnectionError", "transient"),
+            err("fixed.png", "decode: corrupt", "input"),
+            err("write.png", "write: EndpointConnectionError", "transient"),
             # rows of manifests written before error_kind existed
             err("old_read.png", "read: ReadTimeoutError"), err("old_worker.png", "worker: the process died"),
             err("old_decode.png", "decode: corrupt")]

@@ -47,5 +47,6 @@ def test_a_record_that_kills_its_worker_fails_alone_and_the_job_finishes(ray_ses
     assert collections.Counter(r["key"] for r in rows) == collections.Counter([*sizes, "poison.png"])
     poison = next(r for r in rows if r["key"] == "poison.png")
     assert poison["status"] == "error" and "died on each of 2 tries" in poison["error"]
+    assert poison["error_kind"] == "transient"  # a plain rerun tries it again
     assert all(r["status"] == "ok" for r in rows if r["key"] != "poison.png")
     assert sorted(p.name for p in (tmp_path / "lr").rglob("*.png")) == sorted(k.split("/")[-1] for k in sizes)
