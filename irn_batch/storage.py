@@ -101,7 +101,8 @@ def safe_key(key: str) -> str:
     if not isinstance(key, str) or not key:
         raise StorageError("empty key")
     norm = unicodedata.normalize("NFC", key).replace("\\", "/")
-    for ch in norm:
+    plain = norm.isascii() and norm.isprintable()  # no character look-ups or folding needed
+    for ch in "" if plain else norm:
         cat = unicodedata.category(ch)
         # control, format (bidi overrides, zero-width), surrogates, private use and unassigned characters
         if cat in _BAD_CATEGORIES:
@@ -112,7 +113,8 @@ def safe_key(key: str) -> str:
     if any(p in ("", ".", "..") for p in parts):
         raise StorageError(f"key {key!r} has an empty, '.' or '..' component")
     # NFKC folding catches look-alikes such as the one-dot leader or fullwidth dots that become '..'
-    if any(unicodedata.normalize("NFKC", p) in (".", "..") or "/" in unicodedata.normalize("NFKC", p) for p in parts):
+    if not plain and any(unicodedata.normalize("NFKC", p) in (".", "..") or "/" in unicodedata.normalize("NFKC", p)
+                         for p in parts):
         raise StorageError(f"key {key!r} has a component that folds to a path separator or dot")
     return norm
 
@@ -141,9 +143,10 @@ def output_key(key: str) -> str:
     if not isinstance(key, str):
         raise StorageError("key is not a string")
     norm = unicodedata.normalize("NFC", key).replace("\\", "/")
-    norm = "".join("_" if unicodedata.category(ch) in _BAD_CATEGORIES
-                   or (ch != "/" and any(c in "/\\" for c in unicodedata.normalize("NFKC", ch))) else ch
-                   for ch in norm)
+    if not (norm.isascii() and norm.isprintable()):  # printable ASCII needs no look-up per character
+        norm = "".join("_" if unicodedata.category(ch) in _BAD_CATEGORIES
+                       or (ch != "/" and any(c in "/\\" for c in unicodedata.normalize("NFKC", ch))) else ch
+                       for ch in norm)
     parts = [p for p in norm.split("/") if p not in ("", ".")]
     if not parts:
         raise StorageError(f"key {key!r} names no file")
