@@ -1,4 +1,7 @@
-"""One way to name data: fsspec URLs (local path, file://, s3://, ...), safe keys and atomic writes.
+"""One way to name data: fsspec URLs (local path, file://, s3://, ...), listings, safe keys, atomic writes.
+
+Input keys are opaque: :func:`list_objects` returns them as stored and they are read at exactly that
+path (:func:`open_uri`); only output keys are made safe (:func:`output_key`, :func:`join_key`).
 
 Credentials come from :class:`StorageConfig` or the standard environment (AWS_* variables, profiles);
 they are passed to fsspec only and never appear in URIs, logs or manifests.
@@ -129,6 +132,10 @@ def join_key(prefix_path: str, key: str) -> str:
     return out
 
 
+# what output_key changes or refuses in a printable ASCII key: empty, '.' or '..' segments, '::', a drive
+_NEEDS_WORK = re.compile(r"(^|/)\.{0,2}(/|$)|::|\?versionId=|^[A-Za-z]:(/|$)")
+
+
 def output_key(key: str) -> str:
     """The relative key an output of input ``key`` is written under: ``key`` made safe, or StorageError.
 
@@ -143,7 +150,10 @@ def output_key(key: str) -> str:
     if not isinstance(key, str):
         raise StorageError("key is not a string")
     norm = unicodedata.normalize("NFC", key).replace("\\", "/")
-    if not (norm.isascii() and norm.isprintable()):  # printable ASCII needs no look-up per character
+    plain = norm.isascii() and norm.isprintable()  # printable ASCII needs no look-up per character
+    if plain and not _NEEDS_WORK.search(norm):  # the common case: nothing to change
+        return safe_key(norm)
+    if not plain:
         norm = "".join("_" if unicodedata.category(ch) in _BAD_CATEGORIES
                        or (ch != "/" and any(c in "/\\" for c in unicodedata.normalize("NFKC", ch))) else ch
                        for ch in norm)
@@ -249,7 +259,8 @@ def key_matcher(include: Iterable[str] | None, exclude: Iterable[str] = (),
 @dataclass
 class Listing:
     """What the listing of an input found: every object the store returned is in exactly one of
-    ``keys`` (taken), ``left_out`` (not matched by the patterns, or not a regular file) or ``internal``
+    ``keys`` (taken), ``left_out`` (not taken by the patterns; or not a regular file, or a name s3fs cannot
+    read: a trailing '/' or '?versionId=') or ``internal``
     (this project's own objects: a top-level manifest folder, temp objects of killed writers, folder
     markers). ``sizes``/``versions`` run beside ``keys``: bytes and what identifies the object's version
     (S3: the ETag; local: ``mtime_ns:<st_mtime_ns>``), None where unknown.

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from irn_batch.storage import DEFAULT_INCLUDE, StorageConfig  # noqa: F401  (DEFAULT_INCLUDE: re-exported)
+from irn_batch.storage import StorageConfig
 
 
 @dataclass

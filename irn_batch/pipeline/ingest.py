@@ -109,7 +109,10 @@ def list_input(cfg: IngestConfig, fs_in, in_path: str) -> Listing:
     """
     if cfg.keys is not None:  # keys are taken as given; the patterns do not apply
         listing = Listing(root=in_path.rstrip("/"), keys=list(cfg.keys))
-        stats = stat_objects(fs_in, [listing.path(k) for k in listing.keys])
+        # a key that planning refuses ('..') is never touched, not even by a stat
+        safe = [_has_output_key(k) for k in listing.keys]
+        stats = stat_objects(fs_in, [listing.path(k) for k, ok in zip(listing.keys, safe) if ok])[::-1]
+        stats = [stats.pop() if ok else (None, None) for ok in safe]
         listing.sizes, listing.versions = [st[0] for st in stats], [st[1] for st in stats]
         return listing
     try:
@@ -160,7 +163,7 @@ def plan(cfg: IngestConfig, model_id: str) -> IngestPlan:
         try:
             if not _utf8(key):  # a local name that is not UTF-8: Arrow and object stores need UTF-8
                 key, src = _shown(key), _shown(src)
-                raise StorageError(f"the name is not valid UTF-8 (shown with \\x escapes); rename the file")
+                raise StorageError("the name is not valid UTF-8 (shown with \\x escapes); rename the file")
             lr_key = derived_key(output_key(key), ".png")
             if lr_key.split("/", 1)[0] == MANIFEST_DIR:
                 raise StorageError(f"key {key!r} would write into the manifest folder")
@@ -213,6 +216,14 @@ def _any_prefix(col: pa.ChunkedArray, prefixes: tuple[str, ...]) -> pa.ChunkedAr
     for p in prefixes[1:]:
         out = pc.or_(out, pc.starts_with(col, p))
     return out
+
+
+def _has_output_key(key: str) -> bool:
+    try:
+        output_key(key)
+    except StorageError:
+        return False
+    return True
 
 
 def _utf8(s: str) -> bool:
