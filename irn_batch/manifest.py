@@ -44,6 +44,7 @@ INGEST_SCHEMA = pa.schema(
         ("error", pa.string()),
         *_TIMINGS,
         ("finished_at", pa.float64()),
+        ("colour", pa.string()),  # what decoding did to the colours (imageio.DecodedImage.colour)
     ]
 )
 
