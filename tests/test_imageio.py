@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import io
 import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from png_bytes import chunk, png16, with_chunk
 from irn_batch.imageio import (
     DEFAULT_MAX_PIXELS,
     ImageError,
@@ -30,41 +30,6 @@ def save(im: Image.Image, fmt: str = "PNG", **kw) -> bytes:
 
 def rgb8(h: int = 13, w: int = 17) -> np.ndarray:
     return RNG.integers(0, 256, (h, w, 3), dtype=np.uint8)
-
-
-def _chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-
-
-def _paeth(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-    a, b, c = (v.astype(np.int32) for v in (a, b, c))
-    p = a + b - c
-    pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
-    return np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
-
-
-def png16(samples: np.ndarray, width: int = 0, height: int = 0) -> bytes:
-    """A 16-bit RGB/RGBA PNG written by hand, rows cycling through all five PNG filter types."""
-    h, w, c = samples.shape
-    color_type = {3: 2, 4: 6}[c]
-    rows = samples.astype(">u2").reshape(h, w * c).view(np.uint8).reshape(h, w * c * 2)
-    bpp = 2 * c
-    out, prev = [], np.zeros_like(rows[0])
-    for y, row in enumerate(rows):
-        left = np.concatenate([np.zeros(bpp, np.uint8), row[:-bpp]])
-        upleft = np.concatenate([np.zeros(bpp, np.uint8), prev[:-bpp]])
-        kind = y % 5
-        pred = [
-            np.zeros_like(row),
-            left,
-            prev,
-            ((left.astype(np.int32) + prev) // 2).astype(np.uint8),
-            _paeth(left, prev, upleft).astype(np.uint8),
-        ][kind]
-        out.append(bytes([kind]) + ((row.astype(np.int32) - pred) % 256).astype(np.uint8).tobytes())
-        prev = row
-    ihdr = struct.pack(">IIBBBBB", width or w, height or h, 16, color_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"".join(out))) + _chunk(b"IEND", b"")
 
 
 def test_rgb_exact_k_over_255():
@@ -301,12 +266,6 @@ def test_mutated_files_give_image_or_image_error(fmt):
 
 # ---- modes by rule: alpha only from alpha modes and transparency information -----------------------
 
-def _with_trns(png: bytes, body: bytes) -> bytes:
-    """``png`` with a tRNS chunk inserted before its first IDAT."""
-    at = png.index(b"IDAT") - 4
-    return png[:at] + _chunk(b"tRNS", body) + png[at:]
-
-
 def _set_extra_samples(tiff: bytes, value: int) -> bytes:
     """A little-endian TIFF from Pillow with its ExtraSamples tag (338, one SHORT) set to ``value``."""
     entry = struct.pack("<HHI", 338, 3, 1)
@@ -382,7 +341,7 @@ def test_gray_png_transparency_key_at_every_depth(bits):
     samples[0, 0] = 1
     gray = (samples * (255 // levels)).astype(np.uint8)
     data = save(Image.fromarray(gray), "PNG", bits=bits) if bits < 8 else save(Image.fromarray(gray), "PNG")
-    img = decode_image(_with_trns(data, struct.pack(">H", 1)))  # key: sample value 1 at the file's depth
+    img = decode_image(with_chunk(data, b"tRNS", struct.pack(">H", 1)))  # key: sample value 1 at the file's depth
     assert img.alpha is not None
     np.testing.assert_array_equal(img.alpha == 0, samples == 1)
     np.testing.assert_array_equal(to_uint8(img.rgb[..., 0]), gray)
@@ -401,7 +360,7 @@ def test_sixteen_bit_png_transparency_keys():
     x = RNG.integers(0, 65536, (6, 5, 3)).astype(np.uint16)
     key = (1234, 40000, 7)
     x[0, 0], x[3, 4], x[2, 2] = key, key, (1234, 40000, 8)  # the last differs in the low byte only
-    img = decode_image(_with_trns(png16(x), struct.pack(">3H", *key)))
+    img = decode_image(with_chunk(png16(x), b"tRNS", struct.pack(">3H", *key)))
     np.testing.assert_array_equal(img.alpha == 0, (x == key).all(axis=2))
     assert img.alpha.sum() == 30 - 2
     np.testing.assert_allclose(img.rgb, x / 65535.0, atol=1e-7)
