@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from irn_batch.checkpoint import checkpoint_bytes, checkpoint_from_bytes, default_weights_path  # noqa: E402
-from irn_batch.imageio import decode_image, encode_png  # noqa: E402
+from irn_batch.container import encode  # noqa: E402
+from irn_batch.imageio import decode_image  # noqa: E402
 from irn_batch.model import IRN, IRNConfig  # noqa: E402
 from irn_batch.rescale import content_seed, downscale_image, restore_image  # noqa: E402
 from irn_batch.manifest import read_manifest  # noqa: E402
@@ -135,7 +136,7 @@ def model_only(ckpt_data: bytes, folder: Path, threads: int) -> dict:
     t_down = time.perf_counter() - t0
     t0 = time.perf_counter()
     for lr in lrs:
-        encode_png(restore_image(ckpt, lr))
+        encode(restore_image(ckpt, lr))
     return {"ingest_s": t_down, "restore_s": time.perf_counter() - t0}
 
 

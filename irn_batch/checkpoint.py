@@ -144,21 +144,52 @@ def load_checkpoint(path_or_url: str | Path) -> Checkpoint:
     return checkpoint_from_bytes(data, str(path_or_url))
 
 
-def default_weights_path(scale: int) -> Path:
-    """Where the package keeps its default weights for ``scale`` (the file may be absent)."""
-    return Path(str(resources.files("irn_batch") / "weights" / f"irn_x{scale}.safetensors"))
+def weights_dir() -> Path:
+    """The package folder that holds the shipped weights."""
+    return Path(str(resources.files("irn_batch") / "weights"))
 
 
-def load_default(scale: int) -> Checkpoint:
-    path = default_weights_path(scale)
+def default_weights_path(scale: int, lossy: bool = False) -> Path:
+    """Where the package keeps its default weights for ``scale`` (the file may be absent).
+
+    ``lossy=True`` asks for the weights trained for lossy LR containers (``irn_x{scale}_lossy``) and falls
+    back to the plain ones when none are shipped for that scale.
+    """
+    if lossy:
+        path = weights_dir() / f"irn_x{scale}_lossy.safetensors"
+        if path.is_file():
+            return path
+    return weights_dir() / f"irn_x{scale}.safetensors"
+
+
+def load_default(scale: int, lossy: bool = False) -> Checkpoint:
+    path = default_weights_path(scale, lossy)
     if not path.is_file():
         raise CheckpointError(f"no default weights are shipped for x{scale}; pass --model")
     return load_checkpoint(path)
 
 
-def resolve_model(model: str | None, scale: int) -> Checkpoint:
-    """A checkpoint path/URL if given, else the package default for ``scale``."""
-    return load_default(scale) if model is None else load_checkpoint(model)
+def resolve_model(model: str | None, scale: int, lossy: bool = False) -> Checkpoint:
+    """A checkpoint path/URL if given, else the package default for ``scale`` (for lossy LRs if ``lossy``)."""
+    return load_default(scale, lossy) if model is None else load_checkpoint(model)
+
+
+def packaged_path_for(model_id: str) -> Path:
+    """The shipped weights file whose model id is ``model_id``; CheckpointError naming the id when none is.
+
+    Only the safetensors headers are read, so this costs a few small reads however large the weights are.
+    """
+    for path in sorted(weights_dir().glob("*.safetensors")):
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = f.read(n) if 0 < n < 1 << 24 else b""
+        try:
+            if read_metadata(n.to_bytes(8, "little") + header).get("model_id") == model_id:
+                return path
+        except CheckpointError:
+            continue
+    raise CheckpointError(f"the LR was made by model {model_id}, which is not among the shipped weights; "
+                          "pass its checkpoint with --model")
 
 
 # --- import of weights saved by the official IRN code (pkuxmq/Invertible-Image-Rescaling) ---

@@ -1,5 +1,8 @@
 """``irn-batch``: single-image downscale/upscale, file info, official-weight import, and the entry
-points of the batch verify and evaluate jobs.
+points of the batch verify, evaluate and rd (rate-distortion) commands.
+
+The container of every file written follows its ``-o`` suffix (``irn_batch.container``): an LR is PNG,
+WebP, JPEG or AVIF; a restored image any of those or TIFF. A suffix no container has is refused.
 
 Files may be local paths or fsspec URLs (s3://..., file://...). A user mistake (missing file, corrupt
 image or checkpoint, wrong model) prints one line, ``irn-batch: error: <file>: <reason>``, and exits
@@ -19,17 +22,29 @@ import torch
 from irn_batch.checkpoint import (
     CheckpointError,
     convert_official,
+    load_checkpoint,
+    packaged_path_for,
     read_bytes,
     read_metadata,
     resolve_model,
 )
-from irn_batch.imageio import ImageError, decode_image, encode_image
-from irn_batch.rescale import PRECISIONS, content_seed, downscale_image, read_lr, restore_image
+from irn_batch.container import (
+    DEFAULT_QUALITY,
+    LR_CONTAINERS,
+    SUBSAMPLINGS,
+    ContainerError,
+    Encoding,
+    container_of,
+    encode,
+    encoding_for_path,
+    read_lr,
+)
+from irn_batch.imageio import ImageError, decode_image
+from irn_batch.rescale import PRECISIONS, content_seed, downscale_image, restore_pixels
 from irn_batch.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 
 EXIT_USER = 2
 _MIN_TILE = 2 * DEFAULT_OVERLAP + 8  # tiling keeps a core of at least 8 pixels inside the overlaps
-_FORMAT_BY_SUFFIX = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 
 
 class UserError(Exception):
@@ -72,9 +87,9 @@ def _write(path: str, data: bytes) -> None:
         raise UserError(path, f"cannot write ({e})") from None
 
 
-def _model(path: str | None, scale: int, device: str):
+def _model(path: str | None, scale: int, device: str, lossy: bool = False):
     try:
-        ckpt = resolve_model(path, scale)
+        ckpt = resolve_model(path, scale, lossy)
     except CheckpointError as e:
         msg = str(e)  # most checkpoint messages already name the file; add it where one does not
         raise UserError(None if path is None or msg.startswith(path) else path, msg) from None
@@ -90,9 +105,21 @@ def _device(name: str) -> str:
     return name
 
 
+def _encoding(path: str, quality: int | None, subsampling: str, lr: bool) -> Encoding:
+    """The encoding ``-o`` asks for; LR files only in the LR containers."""
+    try:
+        enc = encoding_for_path(path, quality, subsampling)
+    except ContainerError as e:
+        raise UserError(path, str(e)) from None
+    if lr and enc.container not in LR_CONTAINERS:
+        raise UserError(path, f"an LR file is one of {', '.join(LR_CONTAINERS)} (name it .png, .webp, .jpg or .avif)")
+    return enc
+
+
 def cmd_downscale(args: argparse.Namespace) -> int:
+    enc = _encoding(args.output, args.quality, args.subsampling, lr=True)
     data = _read(args.input)
-    ckpt = _model(args.model, args.scale or 2, _device(args.device))
+    ckpt = _model(args.model, args.scale or 2, _device(args.device), lossy=not enc.lossless)
     if args.scale and args.scale != ckpt.model.scale:
         raise UserError(args.model, f"model is x{ckpt.model.scale} but --scale {args.scale} was given")
     try:
@@ -100,54 +127,67 @@ def cmd_downscale(args: argparse.Namespace) -> int:
     except ImageError as e:
         raise UserError(args.input, str(e)) from None
     seed = content_seed(data) if args.seed is None else args.seed
-    png, meta = downscale_image(ckpt, img, z_seed=seed, tile=args.tile, precision=args.precision)
-    _write(args.output, png)
+    try:
+        lr, meta = downscale_image(ckpt, img, z_seed=seed, tile=args.tile, precision=args.precision, encoding=enc)
+    except ContainerError as e:  # e.g. an image with alpha asked for as JPEG
+        raise UserError(args.output, str(e)) from None
+    _write(args.output, lr)
     w, h = meta.lr_size
-    print(f"{args.input} ({img.width}x{img.height}) -> {args.output} ({w}x{h}, {ckpt.model_id})", file=sys.stderr)
+    print(f"{args.input} ({img.width}x{img.height}) -> {args.output} ({w}x{h} {enc.label}, {len(lr)} bytes, "
+          f"{ckpt.model_id})", file=sys.stderr)
     return 0
 
 
-def _output_format(args: argparse.Namespace) -> str:
-    if args.format:
-        return args.format
-    return _FORMAT_BY_SUFFIX.get(Path(args.output).suffix.lower(), "png")
+def _model_for_lr(model_id: str, path: str | None, device: str):
+    """``path`` if given, else the shipped weights that made the LR (by its recorded model id)."""
+    if path is not None:
+        return _model(path, 2, device)
+    try:
+        ckpt = load_checkpoint(packaged_path_for(model_id))
+    except CheckpointError as e:
+        raise UserError(None, str(e)) from None
+    ckpt.model.to(device)
+    return ckpt
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
+    enc = _encoding(args.output, args.quality, args.subsampling, lr=False)
     data = _read(args.input)
     try:
-        meta, _ = read_lr(data)
+        meta, lr = read_lr(data)
     except ImageError as e:
         raise UserError(args.input, str(e)) from None
-    ckpt = _model(args.model, meta.scale, _device(args.device))
+    ckpt = _model_for_lr(meta.model_id, args.model, _device(args.device))
     try:
-        pixels = restore_image(
-            ckpt, data, temperature=args.temperature, z_seed=args.seed, tile=args.tile, precision=args.precision
+        pixels = restore_pixels(
+            ckpt, meta, lr, temperature=args.temperature, z_seed=args.seed, tile=args.tile, precision=args.precision
         )
     except ImageError as e:
         raise UserError(args.input, str(e)) from None
     try:
-        out = encode_image(pixels, _output_format(args), args.quality)
-    except ValueError as e:  # e.g. an image with alpha asked for as JPEG
+        out = encode(pixels, enc)
+    except ContainerError as e:  # e.g. an image with alpha asked for as JPEG
         raise UserError(args.output, str(e)) from None
     _write(args.output, out)
-    print(f"{args.input} -> {args.output} ({meta.width}x{meta.height})", file=sys.stderr)
+    print(f"{args.input} -> {args.output} ({meta.width}x{meta.height} {enc.label})", file=sys.stderr)
     return 0
 
 
 def file_info(data: bytes, name: str) -> dict:
-    """Metadata of an LR PNG or a checkpoint, as a JSON-ready dict."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+    """Metadata of an LR file (any LR container) or a checkpoint, as a JSON-ready dict."""
+    container = container_of(data)
+    if container in LR_CONTAINERS:
         try:
             meta, _ = read_lr(data)
         except ImageError as e:
             raise UserError(name, str(e)) from None
         w, h = meta.lr_size
-        return {"kind": "lr", **vars(meta), "lr_width": w, "lr_height": h}
+        return {"kind": "lr", "container": container, "bytes": len(data), **vars(meta), "lr_width": w,
+                "lr_height": h}
     try:
         meta = read_metadata(data)
     except CheckpointError:
-        raise UserError(name, "neither an irn_batch LR PNG nor a safetensors checkpoint") from None
+        raise UserError(name, "neither an irn_batch LR file nor a safetensors checkpoint") from None
     if meta.get("format") != "irn_batch/1":
         raise UserError(name, "a safetensors file, but not an irn_batch checkpoint")
     info: dict = {"kind": "checkpoint", **meta}
@@ -204,6 +244,7 @@ def _tile(text: str) -> int:
 
 
 def _quality(text: str) -> int:
+    """A quality argument, 1..100."""
     try:
         value = int(text)
     except ValueError:
@@ -213,8 +254,16 @@ def _quality(text: str) -> int:
     return value
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="checkpoint path or URL (default: the bundled weights for the scale)")
+def _add_codec_args(p: argparse.ArgumentParser, defaults: str) -> None:
+    p.add_argument("--quality", type=_quality, default=None,
+                   help=f"quality of a lossy container, 1..100 (WebP 100 = lossless; defaults: {defaults})")
+    p.add_argument("--subsampling", choices=SUBSAMPLINGS, default="4:2:0", help="JPEG/AVIF chroma subsampling")
+
+
+def _add_model_args(p: argparse.ArgumentParser,
+                    model_help: str = "checkpoint path or URL (default: the shipped weights for the scale and "
+                                      "container)") -> None:
+    p.add_argument("--model", help=model_help)
     p.add_argument("--tile", type=_tile, default=None,
                    help=f"tile side in HR pixels, a multiple of 8 >= {_MIN_TILE} (default {DEFAULT_TILE})")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
@@ -225,26 +274,29 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = _Parser(prog="irn-batch", description="Invertible image rescaling (IRN), one image or many.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("downscale", help="HR image -> 8-bit LR PNG with irn_batch metadata")
+    defaults = ", ".join(f"{c} {q}" for c, q in DEFAULT_QUALITY.items() if c in ("webp", "jpeg", "avif"))
+    p = sub.add_parser("downscale", help="HR image -> 8-bit LR file (PNG, WebP, JPEG or AVIF) with irn_batch metadata")
     p.add_argument("input", help="image path or URL")
-    p.add_argument("-o", "--output", required=True, help="LR PNG path or URL")
+    p.add_argument("-o", "--output", required=True,
+                   help="LR path or URL; the suffix picks the container: .png (lossless), .webp, .jpg, .avif")
     p.add_argument("--scale", type=int, choices=(2, 4, 8), default=None, help="default 2 (or the model's)")
     p.add_argument("--seed", type=int, default=None, help="z seed stored in the LR (default: from the content)")
     p.add_argument("--max-pixels", type=int, default=200_000_000, help="refuse larger images")
+    _add_codec_args(p, defaults)
     _add_model_args(p)
     p.set_defaults(func=cmd_downscale)
 
-    p = sub.add_parser("upscale", help="LR PNG -> image of the original size")
-    p.add_argument("input", help="LR PNG path or URL")
-    p.add_argument("-o", "--output", required=True, help="output path or URL")
+    p = sub.add_parser("upscale", help="LR file -> image of the original size")
+    p.add_argument("input", help="LR path or URL (PNG, WebP, JPEG or AVIF)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output path or URL; the suffix picks the container: .png, .webp, .jpg, .avif, .tif")
     p.add_argument("--temperature", type=float, default=None, help="z temperature (default: the model's)")
     p.add_argument("--seed", type=int, default=None, help="z seed (default: the one stored in the LR)")
-    p.add_argument("--format", choices=("png", "jpeg", "webp"), default=None, help="default: from -o suffix")
-    p.add_argument("--quality", type=_quality, default=95, help="JPEG/WebP quality 1..100 (WebP 100 = lossless)")
-    _add_model_args(p)
+    _add_codec_args(p, defaults)
+    _add_model_args(p, "checkpoint path or URL (default: the shipped weights whose model id the LR records)")
     p.set_defaults(func=cmd_upscale)
 
-    p = sub.add_parser("info", help="print a checkpoint's or LR PNG's metadata as JSON")
+    p = sub.add_parser("info", help="print a checkpoint's or LR file's metadata as JSON")
     p.add_argument("input", help="file path or URL")
     p.set_defaults(func=cmd_info)
 
@@ -260,6 +312,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     for name, module, text in (
         ("verify", "irn_batch.pipeline.verify", "check a batch of LR outputs against their manifest"),
         ("evaluate", "irn_batch.evaluate", "PSNR/SSIM evaluation against bicubic"),
+        ("rd", "irn_batch.rd", "rate-distortion of IRN LR containers against standard codecs"),
     ):
         p = sub.add_parser(name, help=text)
         if chosen == name:

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from irn_batch.checkpoint import default_weights_path
-from irn_batch.imageio import decode_image, encode_png, to_uint8
+from irn_batch.container import encode
+from irn_batch.imageio import decode_image, to_uint8
 from irn_batch.metrics import bicubic_lr, bicubic_resize, psnr_y
 
 
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(_row([orig, lr, rest, bic]))
     print(f"mean gain of IRN over bicubic: {np.mean(gains):+.2f} dB")
     picture = out / "side_by_side.png"
-    picture.write_bytes(encode_png(_stack(rows)))
+    picture.write_bytes(encode(_stack(rows)))
     print(f"side-by-side (original | LR | restored | bicubic): {picture}")
     return 0
 

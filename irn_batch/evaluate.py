@@ -29,7 +29,8 @@ from PIL import Image, ImageDraw
 from irn_batch.checkpoint import Checkpoint, CheckpointError, resolve_model
 from irn_batch.imageio import DecodedImage, ImageError, decode_image, to_uint8
 from irn_batch.metrics import bicubic_lr, bicubic_resize, psnr_y, ssim_y
-from irn_batch.rescale import PRECISIONS, downscale_image, read_lr, restore_image
+from irn_batch.container import read_lr
+from irn_batch.rescale import PRECISIONS, downscale_image, restore_image
 from irn_batch.storage import IMAGE_SUFFIXES, StorageConfig, StorageError, open_fs, to_uri
 
 METHODS = ("irn_z", "irn_z0", "bicubic", "lr")

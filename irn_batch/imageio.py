@@ -1,4 +1,4 @@
-"""Image decoding and encoding: every file irn_batch reads or writes goes through here.
+"""Image decoding: every image irn_batch reads goes through here (``irn_batch.container`` encodes).
 
 Decoding rules (``decode_image``), applied in this order:
 
@@ -54,7 +54,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, PngImagePlugin, features
+from PIL import Image, features
 
 try:  # Pillow's littlecms binding; wheels always have it, a source build may not
     from PIL import ImageCms
@@ -385,58 +385,3 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
 def to_uint8(x: np.ndarray) -> np.ndarray:
     """Float [0, 1] -> uint8 by clipping and rounding x*255 to the nearest integer."""
     return np.round(np.clip(np.asarray(x, dtype=np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def _check_pixels(pixels: np.ndarray) -> np.ndarray:
-    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] not in (3, 4):
-        raise ValueError(f"expected (H, W, 3|4) uint8 pixels, got {pixels.dtype} {pixels.shape}")
-    return np.ascontiguousarray(pixels)
-
-
-def encode_png(pixels: np.ndarray, text: dict[str, str] | None = None) -> bytes:
-    """(H, W, 3|4) uint8 -> PNG bytes, with ``text`` as tEXt chunks (iTXt when not Latin-1)."""
-    pixels = _check_pixels(pixels)
-    info = PngImagePlugin.PngInfo()
-    for key, value in (text or {}).items():
-        try:
-            value.encode("latin-1")
-            info.add_text(key, value)
-        except UnicodeEncodeError:
-            info.add_itxt(key, value)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG", pnginfo=info, compress_level=6)
-    return buf.getvalue()
-
-
-def encode_image(pixels: np.ndarray, fmt: str = "png", quality: int = 95) -> bytes:
-    """(H, W, 3|4) uint8 -> PNG, JPEG or WebP bytes; WebP at quality 100 is lossless."""
-    fmt = fmt.lower()
-    if fmt == "png":
-        return encode_png(pixels)
-    pixels = _check_pixels(pixels)
-    if not 1 <= quality <= 100:
-        raise ValueError(f"quality must be within 1..100, got {quality}")
-    buf = io.BytesIO()
-    if fmt in ("jpeg", "jpg"):
-        if pixels.shape[2] == 4:
-            raise ImageError("JPEG cannot store the alpha channel of this image; use png or webp")
-        Image.fromarray(pixels).save(buf, format="JPEG", quality=quality, subsampling=0)
-    elif fmt == "webp":
-        Image.fromarray(pixels).save(buf, format="WEBP", quality=quality, lossless=quality >= 100)
-    else:
-        raise ValueError(f"unknown output format {fmt!r} (png, jpeg or webp)")
-    return buf.getvalue()
-
-
-def read_png_text(data: bytes) -> dict[str, str]:
-    """The tEXt/zTXt/iTXt entries of PNG bytes (the pixels are not decoded)."""
-    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
-        raise ImageError("not a PNG file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            im = Image.open(io.BytesIO(data), formats=["PNG"])
-            # Chunks before the image data are parsed by open(); ours are written there.
-            return {str(k): str(v) for k, v in im.info.items() if isinstance(v, str)}
-    except Exception as e:
-        raise ImageError(f"corrupt PNG ({e or type(e).__name__})") from e

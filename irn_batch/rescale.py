@@ -1,11 +1,13 @@
-"""HR image <-> LR PNG file: the single place where both directions happen.
+"""HR image <-> LR file: the single place where both directions happen.
 
-The CLI and the Ray pipeline both call ``downscale_image``/``restore_image``, so a restore gives the
-same bytes whichever of them made or reads the LR.
+The CLI, the Ray pipeline, the quality floor and ``irn-batch rd`` all call ``downscale_pixels``/
+``downscale_image`` and ``restore_pixels``/``restore_image``, so a restore gives the same bytes whichever
+of them made or reads the LR.
 
-LR file: an 8-bit RGB PNG (RGBA when the source had alpha) of size ceil(W/s) x ceil(H/s), with
-tEXt chunks ``irn_batch:*`` recording the model id, scale, original size, z seed, alpha flag and the
-source's PIL mode (see ``LRMeta``). The image is mirror-padded to a multiple of the scale before the
+LR file: 8-bit RGB (RGBA when the source had alpha) pixels of size ceil(W/s) x ceil(H/s) in one of the
+LR containers of ``irn_batch.container`` (PNG, WebP, JPEG, AVIF), with ``LRMeta`` inside recording the
+model id, scale, original size, z seed, alpha flag and rule, and the source's PIL mode. The image is
+mirror-padded to a multiple of the scale before the
 network and the restore is cropped back to the original size. z is never stored: it is drawn again
 on the CPU from the seed, for the whole LR at once, so tiling never changes it.
 
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -24,64 +25,12 @@ import torch
 
 from irn_batch import tiling
 from irn_batch.checkpoint import Checkpoint
-from irn_batch.imageio import DecodedImage, ImageError, decode_image, encode_png, read_png_text
+from irn_batch.container import Encoding, LRMeta, read_lr, write_lr
+from irn_batch.imageio import DecodedImage, ImageError
 from irn_batch.metrics import bicubic_resize
 from irn_batch.transforms import crop_to, pad_to_multiple, sample_z
 
-PREFIX = "irn_batch:"
-LR_FORMAT = "irn_batch-lr/1"
 PRECISIONS = ("fp32", "bf16")
-
-
-@dataclass
-class LRMeta:
-    """What an LR PNG records about itself, as PNG text chunks."""
-
-    model_id: str
-    scale: int
-    width: int  # original (HR) size
-    height: int
-    z_seed: int
-    has_alpha: bool
-    source_mode: str
-
-    def to_text(self) -> dict[str, str]:
-        return {
-            PREFIX + "format": LR_FORMAT,
-            PREFIX + "model_id": self.model_id,
-            PREFIX + "scale": str(self.scale),
-            PREFIX + "width": str(self.width),
-            PREFIX + "height": str(self.height),
-            PREFIX + "z_seed": str(self.z_seed),
-            PREFIX + "has_alpha": "1" if self.has_alpha else "0",
-            PREFIX + "source_mode": self.source_mode,
-        }
-
-    @classmethod
-    def from_text(cls, d: dict[str, str]) -> LRMeta:
-        """Parse the text chunks of an LR PNG; ImageError when they are missing or invalid."""
-        if d.get(PREFIX + "format") != LR_FORMAT:
-            raise ImageError("not an irn_batch LR image (no irn_batch metadata in the PNG)")
-        try:
-            meta = cls(
-                model_id=d[PREFIX + "model_id"],
-                scale=int(d[PREFIX + "scale"]),
-                width=int(d[PREFIX + "width"]),
-                height=int(d[PREFIX + "height"]),
-                z_seed=int(d[PREFIX + "z_seed"]),
-                has_alpha={"1": True, "0": False}[d[PREFIX + "has_alpha"]],
-                source_mode=d.get(PREFIX + "source_mode", "?"),
-            )
-        except (KeyError, ValueError) as e:
-            raise ImageError(f"not an irn_batch LR image (metadata missing or invalid: {e})") from e
-        if meta.scale < 2 or meta.width < 1 or meta.height < 1 or not meta.model_id:
-            raise ImageError("not an irn_batch LR image (metadata out of range)")
-        return meta
-
-    @property
-    def lr_size(self) -> tuple[int, int]:
-        """(width, height) of the LR image."""
-        return -(-self.width // self.scale), -(-self.height // self.scale)
 
 
 def content_seed(data: bytes) -> int:
@@ -114,10 +63,10 @@ def _run(tiled: Callable, whole: Callable, hr_side: int, tile: int | None, devic
             return whole().float().cpu()
 
 
-def downscale_image(
+def downscale_pixels(
     ckpt: Checkpoint, img: DecodedImage, *, z_seed: int, tile: int | None = None, precision: str = "fp32"
-) -> tuple[bytes, LRMeta]:
-    """DecodedImage -> (LR PNG bytes, its LRMeta). Runs on the model's device."""
+) -> tuple[np.ndarray, LRMeta]:
+    """DecodedImage -> ((h, w, 3|4) uint8 LR pixels, their LRMeta). Runs on the model's device."""
     model, s = ckpt.model, ckpt.model.scale
     device = _device(ckpt)
     hr = pad_to_multiple(torch.from_numpy(img.rgb).permute(2, 0, 1)[None], s)  # (1, 3, H', W')
@@ -138,33 +87,51 @@ def downscale_image(
         alpha = pad_to_multiple(torch.from_numpy(img.alpha)[None, None], s)
         planes.append(bicubic_resize(alpha, (hp // s, wp // s))[0, :, :h_lr, :w_lr])
     pixels = torch.cat(planes, 0).clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
-    return encode_png(pixels.permute(1, 2, 0).numpy(), meta.to_text()), meta
+    return pixels.permute(1, 2, 0).numpy(), meta
 
 
-def read_lr(lr_png: bytes) -> tuple[LRMeta, DecodedImage]:
-    """Parse and validate an LR PNG: its metadata and its pixels."""
-    meta = LRMeta.from_text(read_png_text(lr_png))
-    img = decode_image(lr_png)
-    if (img.width, img.height) != meta.lr_size:
-        raise ImageError(
-            f"LR is {img.width}x{img.height} but its metadata says {meta.lr_size[0]}x{meta.lr_size[1]}"
-        )
-    if (img.alpha is not None) != meta.has_alpha:
-        raise ImageError("LR alpha channel does not match its metadata")
-    return meta, img
+def downscale_image(
+    ckpt: Checkpoint,
+    img: DecodedImage,
+    *,
+    z_seed: int,
+    tile: int | None = None,
+    precision: str = "fp32",
+    encoding: Encoding = Encoding(),
+) -> tuple[bytes, LRMeta]:
+    """DecodedImage -> (LR file bytes in ``encoding``, its LRMeta). Raises ContainerError for alpha in JPEG."""
+    pixels, meta = downscale_pixels(ckpt, img, z_seed=z_seed, tile=tile, precision=precision)
+    return write_lr(pixels, meta, encoding), meta
 
 
 def restore_image(
     ckpt: Checkpoint,
-    lr_png: bytes,
+    lr_file: bytes,
     *,
     temperature: float | None = None,
     z_seed: int | None = None,
     tile: int | None = None,
     precision: str = "fp32",
 ) -> np.ndarray:
-    """LR PNG bytes -> (H, W, 3|4) uint8 at exactly the original size."""
-    meta, img = read_lr(lr_png)
+    """LR file bytes (any LR container) -> (H, W, 3|4) uint8 at exactly the original size.
+
+    Raises ImageError for a file that is not an LR or was made by another model than ``ckpt``.
+    """
+    meta, img = read_lr(lr_file)
+    return restore_pixels(ckpt, meta, img, temperature=temperature, z_seed=z_seed, tile=tile, precision=precision)
+
+
+def restore_pixels(
+    ckpt: Checkpoint,
+    meta: LRMeta,
+    img: DecodedImage,
+    *,
+    temperature: float | None = None,
+    z_seed: int | None = None,
+    tile: int | None = None,
+    precision: str = "fp32",
+) -> np.ndarray:
+    """A decoded LR and its LRMeta -> (H, W, 3|4) uint8 at exactly the original size (H, W from ``meta``)."""
     if meta.model_id != ckpt.model_id:
         raise ImageError(
             f"LR was made by model {meta.model_id}, but the loaded model is {ckpt.model_id}; "

@@ -13,9 +13,6 @@ from irn_batch.imageio import (
     DEFAULT_MAX_PIXELS,
     ImageError,
     decode_image,
-    encode_image,
-    encode_png,
-    read_png_text,
     to_uint8,
 )
 
@@ -211,32 +208,6 @@ def test_bomb_guard_checks_header_before_decoding():
 def test_tiny_images_are_valid(shape):
     img = decode_image(save(Image.fromarray(rgb8(*shape))))
     assert (img.height, img.width) == shape
-
-
-def test_png_text_round_trip_including_non_latin1():
-    x = rgb8(4, 4)
-    text = {"irn_batch:model_id": "irn-x2-abc", "note": "caf\u00e9", "unicode": "\u6f22\u5b57 \u2713"}
-    data = encode_png(x, text)
-    got = read_png_text(data)
-    assert {k: got[k] for k in text} == text
-    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), x)
-    with pytest.raises(ImageError, match="not a PNG"):
-        read_png_text(save(Image.fromarray(x), "JPEG"))
-
-
-def test_encode_image_formats():
-    x = rgb8(16, 16)
-    for fmt, name in (("png", "PNG"), ("jpeg", "JPEG"), ("webp", "WEBP")):
-        assert Image.open(io.BytesIO(encode_image(x, fmt, 90))).format == name
-    lossless = encode_image(x, "webp", 100)
-    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(lossless)).convert("RGB")), x)
-    rgba = np.dstack([x, np.full((16, 16), 7, np.uint8)])
-    with pytest.raises(ImageError, match="alpha"):
-        encode_image(rgba, "jpeg")
-    with pytest.raises(ValueError):
-        encode_image(x, "bmp")
-    with pytest.raises(ValueError):
-        encode_png(x.astype(np.float32))
 
 
 def test_to_uint8_clips_and_rounds():

@@ -1,4 +1,4 @@
-"""HR <-> LR PNG through irn_batch.rescale with a small random-weight model."""
+"""HR <-> LR PNG (the default container) through irn_batch.rescale with a small random-weight model."""
 from __future__ import annotations
 
 import io
@@ -10,9 +10,10 @@ from PIL import Image
 
 from irn_batch import tiling
 from irn_batch.checkpoint import load_checkpoint
-from irn_batch.imageio import ImageError, decode_image, encode_png, read_png_text
+from irn_batch.container import LRMeta, encode, read_lr, read_lr_meta
+from irn_batch.imageio import ImageError, decode_image
 from irn_batch.metrics import psnr_rgb
-from irn_batch.rescale import LRMeta, content_seed, downscale_image, read_lr, restore_image
+from irn_batch.rescale import content_seed, downscale_image, restore_image
 from irn_batch.transforms import pad_to_multiple, sample_z
 
 RNG = np.random.default_rng(99)
@@ -26,7 +27,7 @@ def smooth_image(h: int, w: int, channels: int = 3) -> np.ndarray:
 
 
 def decoded(x: np.ndarray):
-    return decode_image(encode_png(x))
+    return decode_image(encode(x))
 
 
 def test_meta_text_round_trip_and_refusals():
@@ -57,7 +58,7 @@ def test_downscale_writes_expected_lr(tiny_ckpt, h, w):
     x = smooth_image(h, w)
     png, meta = downscale_image(tiny_ckpt, decoded(x), z_seed=11)
     assert meta == LRMeta(tiny_ckpt.model_id, 2, w, h, 11, False, "RGB")
-    assert LRMeta.from_text(read_png_text(png)) == meta
+    assert read_lr_meta(png) == meta
     lr = np.asarray(Image.open(io.BytesIO(png)))
     assert lr.shape == ((h + 1) // 2, (w + 1) // 2, 3) and lr.dtype == np.uint8
     # Independently: mirror-pad, run the raw bijection, take the first 3 channels, round to 8 bits.
@@ -104,11 +105,11 @@ def test_restore_refuses_other_model(tiny_ckpt, other_ckpt_path):
 
 def test_restore_refuses_plain_and_tampered_png(tiny_ckpt):
     with pytest.raises(ImageError, match="not an irn_batch LR image"):
-        restore_image(tiny_ckpt, encode_png(smooth_image(8, 8)))
+        restore_image(tiny_ckpt, encode(smooth_image(8, 8)))
     png, meta = downscale_image(tiny_ckpt, decoded(smooth_image(10, 10)), z_seed=1)
     wrong_size = LRMeta(**{**vars(meta), "width": 30})
     with pytest.raises(ImageError, match="metadata says"):
-        read_lr(encode_png(np.asarray(Image.open(io.BytesIO(png))), wrong_size.to_text()))
+        read_lr(encode(np.asarray(Image.open(io.BytesIO(png))), text=wrong_size.to_text()))
 
 
 def test_alpha_rides_along_as_fourth_channel(tiny_ckpt):

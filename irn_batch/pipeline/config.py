@@ -65,8 +65,9 @@ class RestoreConfig:
     manifest: Optional[str] = None  # default <output>/_manifest
     model: Optional[str] = None
     scale: int = 2
-    format: str = "png"  # png | jpeg | webp
-    quality: int = 95
+    format: str = "png"  # png | webp | jpeg | avif | tiff (irn_batch.container)
+    quality: Optional[int] = None  # lossy containers; None -> the container's default
+    subsampling: str = "4:2:0"  # jpeg and avif
     temperature: Optional[float] = None  # None -> the checkpoint's default
     redo: bool = False  # restore again even where an intact earlier restore with these settings exists
     max_input_bytes: int = 64 * 1024 * 1024

@@ -1,4 +1,4 @@
-"""On-demand restore: LR PNGs (from a manifest or an LR prefix) -> HR images at their original size.
+"""On-demand restore: LR files (any LR container; from a manifest or an LR prefix) -> HR images at their original size.
 
 Same stream shape as ingest: items -> read stage (LR bytes) -> model actors (checksum, model id, restore
 with the recorded z seed, encode, atomic write) -> restore-manifest rows written by the driver.
@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from irn_batch import tiling
+from irn_batch.container import LR_SUFFIXES, ContainerError, Encoding
 from irn_batch.manifest import MANIFEST_DIR, RESTORE_SCHEMA, ManifestWriter, empty_row, latest_table, new_job_id
 from irn_batch.manifest import part_paths, read_manifest, to_table
 from irn_batch.pipeline.common import Summary, load_model_bytes
@@ -27,7 +28,6 @@ from irn_batch.pipeline.read import one_line
 from irn_batch.storage import StorageError, atomic_write, derived_key, join_key, list_keys, open_fs, safe_key
 from irn_batch.storage import sha256_hex, to_uri
 
-FORMATS = {"png": ".png", "jpeg": ".jpg", "jpg": ".jpg", "webp": ".webp"}
 ITEM_SCHEMA = pa.schema([("key", pa.string()), ("lr_uri", pa.string()), ("out_uri", pa.string()),
                          ("lr_sha256", pa.string()), ("model_id", pa.string()), ("z_seed", pa.int64()),
                          ("width", pa.int64()), ("height", pa.int64()), ("check_uri", pa.string()),
@@ -43,14 +43,19 @@ class RestoreError(ValueError):
     """A restore request that cannot run at all (no such input, wrong model)."""
 
 
+def output_encoding(cfg: RestoreConfig) -> Encoding:
+    """The container of the restored images; RestoreError for an unknown one."""
+    try:
+        return Encoding(cfg.format, cfg.quality, cfg.subsampling)
+    except ContainerError as e:
+        raise RestoreError(f"format: {e}") from None
+
+
 def output_settings(cfg: RestoreConfig, default_temperature: float) -> str:
     """The options besides model and LR that shape a restore's bytes, as one comparable string."""
-    ext = FORMATS.get(cfg.format.lower())
-    if ext is None:
-        raise RestoreError(f"unknown output format {cfg.format!r} (png, jpeg or webp)")
+    enc = output_encoding(cfg)
     temperature = default_temperature if cfg.temperature is None else float(cfg.temperature)
-    quality = "" if ext == ".png" else f" quality={cfg.quality}"  # PNG is lossless: quality has no effect
-    return (f"format={ext[1:]}{quality} temperature={temperature:g} precision={cfg.actors.precision} "
+    return (f"format={enc.label} temperature={temperature:g} precision={cfg.actors.precision} "
             f"tile={cfg.actors.tile or tiling.DEFAULT_TILE}")
 
 
@@ -61,12 +66,13 @@ class RestoreActor:
         self.ckpt = actor_model(ckpt_bytes, cfg.actors)
         self.cfg, self.job_id = cfg, job_id
         self.settings = output_settings(cfg, self.ckpt.default_temperature)
+        self.encoding = output_encoding(cfg)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return to_table([self.one(r) for r in batch.to_pylist()], RESTORE_SCHEMA)
 
     def one(self, rec: dict[str, Any]) -> dict[str, Any]:
-        from irn_batch.imageio import encode_image
+        from irn_batch.container import encode
         from irn_batch.rescale import restore_image
 
         cfg = self.cfg
@@ -94,7 +100,7 @@ class RestoreActor:
                 raise StorageError(f"restored {w}x{h}, manifest says {rec['width']}x{rec['height']}")
             row.update(width=w, height=h, model_s=time.perf_counter() - t0)
             stage, t1 = "write", time.perf_counter()
-            out = encode_image(pixels, cfg.format, cfg.quality)
+            out = encode(pixels, self.encoding)
             fs, path = open_fs(rec["out_uri"], cfg.storage)
             atomic_write(fs, path, out)
             row.update(out_bytes=len(out), out_sha256=sha256_hex(out), write_s=time.perf_counter() - t1,
@@ -128,14 +134,14 @@ def plan(cfg: RestoreConfig, model_id: str, settings: str) -> tuple[pa.Table, st
     fs_out, out_path = open_fs(cfg.output, cfg.storage)
     if not fs_in.exists(in_path):
         raise RestoreError(f"{cfg.input}: no such manifest or prefix")
-    ext = FORMATS[cfg.format.lower()]  # checked by output_settings
+    ext = output_encoding(cfg).suffix
     mpath = _manifest_path(fs_in, in_path)
     if mpath is not None:
         table = read_manifest(fs_in, mpath, columns=["source_uri", "status", "finished_at", *PLAN_COLUMNS])
         table = latest_table(table, "source_uri")
         table = table.filter(pc.fill_null(pc.equal(table["status"], "ok"), False)).select(PLAN_COLUMNS)
     else:
-        keys = list_keys(fs_in, in_path, ["*.png"])
+        keys = list_keys(fs_in, in_path, [f"*{suffix}" for suffix in LR_SUFFIXES])
         n = len(keys)
         table = pa.table({"key": pa.array(keys, pa.string()),
                           "lr_uri": pa.array([to_uri(fs_in, join_key(in_path, k)) for k in keys], pa.string()),
