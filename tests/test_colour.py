@@ -60,6 +60,21 @@ def test_embedded_rgb_profile_is_converted_to_srgb(fmt):
     assert np.abs(stored[:8] - RED).max() > 20  # the raw values are not what a viewer shows
 
 
+def test_profile_converts_colour_and_leaves_alpha_and_palette_transparency_alone():
+    raw = adobe_picture()
+    a = RNG.integers(0, 256, raw.shape[:2], dtype=np.uint8)
+    data = save(Image.fromarray(np.dstack([raw, a])), "PNG", icc_profile=ADOBE)
+    img = decode_image(data)
+    np.testing.assert_array_equal(to_uint8(img.alpha), a)
+    np.testing.assert_allclose(to_uint8(img.rgb).astype(int), displayed(data, ADOBE), atol=1)
+    p = Image.fromarray(raw).quantize(colors=32)
+    data = save(p, "PNG", icc_profile=ADOBE, transparency=int(np.asarray(p)[0, 0]))
+    img = decode_image(data)
+    assert img.mode == "P" and img.colour.startswith("converted from")
+    np.testing.assert_array_equal(img.alpha == 0, np.asarray(p) == np.asarray(p)[0, 0])
+    np.testing.assert_allclose(to_uint8(img.rgb).astype(int), displayed(data, ADOBE), atol=1)
+
+
 def test_srgb_profile_keeps_the_values_untouched_even_at_16_bits():
     srgb_bytes = ImageCms.ImageCmsProfile(SRGB).tobytes()
     x = RNG.integers(0, 256, (7, 9, 3), dtype=np.uint8)
