@@ -39,10 +39,9 @@ Decoding rules (``decode_image``), applied in this order:
 * Alpha: only from modes that carry an alpha channel (RGBA, RGBa, LA, La, PA) or from transparency
   information: a palette's transparency (PNG tRNS, GIF) and the tRNS colour key of 1/2/4/8/16-bit gray
   and 8/16-bit RGB PNGs, compared with the samples at their full depth. Nothing else gives alpha (LAB
-  has an "A" in its name and no alpha). Alpha is kept as a separate ``alpha`` plane in [0, 1]. The LR
-  file carries it as the fourth channel of an RGBA PNG, downscaled with ``metrics.bicubic_resize``
-  (antialiased bicubic, i.e. area-like); the restore upscales it with the same bicubic. The network
-  itself only ever sees the RGB planes.
+  has an "A" in its name and no alpha). Alpha is kept as a separate ``alpha`` plane in [0, 1]; the LR
+  carries it in its container's alpha channel (``irn_batch.container``). The network itself only ever
+  sees the RGB planes.
 * Tiny images (1x1, 1xN) are valid: the model pads them.
 """
 from __future__ import annotations
@@ -241,8 +240,6 @@ def _samples(im: Image.Image, data: bytes) -> tuple[np.ndarray, np.ndarray | Non
 @functools.lru_cache(maxsize=1)
 def _srgb():
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
-
-
 
 
 def _profile_name(profile) -> str:
