@@ -39,7 +39,8 @@ def png16(samples: np.ndarray, width: int = 0, height: int = 0) -> bytes:
         out.append(bytes([kind]) + ((row.astype(np.int32) - pred) % 256).astype(np.uint8).tobytes())
         prev = row
     ihdr = struct.pack(">IIBBBBB", width or w, height or h, 16, color_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"".join(out))) + chunk(b"IEND", b"")
+    idat = chunk(b"IDAT", zlib.compress(b"".join(out)))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + idat + chunk(b"IEND", b"")
 
 
 def with_chunk(png: bytes, kind: bytes, body: bytes) -> bytes:
