@@ -351,3 +351,24 @@ def test_alpha_modes_keep_alpha(fmt):
     x = RNG.integers(0, 256, (6, 5, 4), dtype=np.uint8)
     img = decode_image(save(Image.fromarray(x), fmt, **({"lossless": True} if fmt == "WEBP" else {})))
     np.testing.assert_array_equal(to_uint8(img.alpha), x[..., 3])
+
+
+def test_32_bit_integer_gray_rule():
+    g = RNG.integers(0, 65536, (4, 6)).astype(np.int32)
+    img = decode_image(save(Image.fromarray(g, mode="I"), "TIFF"))
+    assert (img.mode, img.alpha) == ("I", None)
+    np.testing.assert_allclose(img.rgb[..., 2], g / 65535.0, atol=1e-7)
+    for bad in (g - 70_000, g + 70_000):
+        with pytest.raises(ImageError, match="outside 0..65535"):
+            decode_image(save(Image.fromarray(bad.astype(np.int32), mode="I"), "TIFF"))
+
+
+def test_bmp_tga_gif_modes():
+    x = rgb8(5, 7)
+    p = Image.fromarray(x).quantize(colors=8)
+    for fmt in ("BMP", "TGA", "GIF"):
+        img = decode_image(save(p, fmt))
+        assert img.alpha is None, fmt
+        np.testing.assert_array_equal(to_uint8(img.rgb), np.asarray(p.convert("RGB")), err_msg=fmt)
+    gif = decode_image(save(p, "GIF", transparency=int(np.asarray(p)[0, 0])))
+    np.testing.assert_array_equal(gif.alpha == 0, np.asarray(p) == np.asarray(p)[0, 0])
