@@ -5,27 +5,48 @@ Decoding rules (``decode_image``), applied in this order:
 * Size guard: the pixel count is read from the header, before any pixel is decoded; more than
   ``max_pixels`` (default 200 million) is refused. Pillow's own decompression-bomb limit
   (``PIL.Image.MAX_IMAGE_PIXELS``, refused above twice that) is reported the same way.
-* Formats: PNG, JPEG (and MPO, whose first frame is the photo), WebP, TIFF, BMP, GIF, PPM/PGM, TGA,
-  and AVIF where Pillow has it.
+* Formats: PNG, JPEG (and MPO), WebP, TIFF, BMP, GIF, PPM/PGM, TGA, and AVIF where Pillow has it.
   Anything else, zero bytes, truncated or corrupt data is refused with the reason.
-* Animated or multi-page files (more than one frame) are refused: "animated image with N frames is
-  not supported".
+* Several pictures in one file: an MPO (a phone's JPEG with extra pictures; the first is the primary
+  image, CIPA DC-007) and a TIFF whose further pages are all smaller than the first in both width and
+  height (thumbnails, reduced-resolution copies) are read as their first picture; the other pictures
+  are ignored and counted in ``DecodedImage.pages``. Any other file with more than one frame is refused:
+  an animation (GIF, PNG, WebP, AVIF) with "animated image with N frames is not supported", a TIFF with
+  a further page as large as the first with "multi-page TIFF: page N is WxH, not smaller than the first".
 * EXIF orientation is applied, so the pixels are upright as a viewer shows them.
-* Colour: grayscale (1-bit, 8-bit, 16-bit) is replicated to R=G=B. Palette images are expanded through
-  their palette. CMYK, YCbCr and LAB are converted to RGB by Pillow. Colour profiles are not applied:
-  the values are taken as sRGB.
+* Pixel modes, by an explicit list (any other mode is refused, never guessed):
+  1, L, LA, La and 16/32-bit gray (I;16*, I, F) are replicated to R=G=B; P and PA are expanded through
+  their palette; RGB, RGBA, RGBa (un-premultiplied) and RGBX (padding dropped) are read as they are;
+  YCbCr (JFIF, full-range BT.601) and HSV are converted to RGB by Pillow; LAB is CIE L*a*b* converted
+  to sRGB by ImageCms (the embedded profile, else ImageCms's built-in D50 Lab profile); CMYK goes
+  through its embedded profile, and without one through Pillow's uncalibrated conversion
+  (R = (255 - C)(255 - K)/255, ...), which ``colour`` says.
+* Colour (ICC profiles): the decoded values are sRGB, as a colour-managed viewer shows them. A file
+  without an embedded profile is taken as sRGB (the convention of the web and of cameras). A file with
+  one is converted to sRGB by Pillow's ImageCms (littlecms) with the **perceptual** rendering intent, at
+  8 bits per sample; a profile whose conversion changes no 8-bit value by more than 1 (checked on a
+  grid of colours) counts as sRGB already, and the values, 16-bit ones included, are kept untouched.
+  A profile that cannot be read or does not fit the pixels (say, a CMYK profile on an RGB image) never
+  costs the image: the values are read as if there were no profile. ``DecodedImage.colour`` says which
+  happened, in one line, and the ingest manifest records it (column ``colour``): "sRGB",
+  "sRGB (embedded profile 'NAME')", "converted from 'NAME' to sRGB (perceptual)", "uncalibrated CMYK
+  conversion (no profile)", or any of these followed by "; ICC profile unusable: REASON".
 * Precision: 8-bit samples become k/255; 16-bit grayscale ("I;16") and 16-bit RGB/RGBA PNGs keep all
-  16 bits (k/65535). Mode "I" (32-bit integer) must hold values in 0..65535, read as 16-bit. Float
-  images (mode "F") are accepted when every value is finite and within [0, 1], otherwise refused.
-  Other 16-bit layouts (16-bit TIFF RGB, 16-bit gray+alpha) are reduced to 8 bits by Pillow.
-* Alpha: an alpha channel (RGBA, LA, PA) or a transparency key (palette or RGB/L ``tRNS``) is kept as a
-  separate ``alpha`` plane in [0, 1]. The LR file carries it as the fourth channel of an RGBA PNG,
-  downscaled with ``metrics.bicubic_resize`` (antialiased bicubic, i.e. area-like); the restore
-  upscales it with the same bicubic. The network itself only ever sees the RGB planes.
+  16 bits (k/65535) unless a profile conversion runs. Mode "I" (32-bit integer) must hold values in
+  0..65535, read as 16-bit. Float images (mode "F") are accepted when every value is finite and within
+  [0, 1], otherwise refused. Other 16-bit layouts (16-bit TIFF RGB, 16-bit gray+alpha) are reduced to
+  8 bits by Pillow.
+* Alpha: only from modes that carry an alpha channel (RGBA, RGBa, LA, La, PA) or from transparency
+  information: a palette's transparency (PNG tRNS, GIF) and the tRNS colour key of 1/2/4/8/16-bit gray
+  and 8/16-bit RGB PNGs, compared with the samples at their full depth. Nothing else gives alpha (LAB
+  has an "A" in its name and no alpha). Alpha is kept as a separate ``alpha`` plane in [0, 1]; the LR
+  carries it in its container's alpha channel (``irn_batch.container``). The network itself only ever
+  sees the RGB planes.
 * Tiny images (1x1, 1xN) are valid: the model pads them.
 """
 from __future__ import annotations
 
+import functools
 import io
 import sys
 import warnings
@@ -33,6 +54,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, features
+
+try:  # Pillow's littlecms binding; wheels always have it, a source build may not
+    from PIL import ImageCms
+except ImportError:  # pragma: no cover
+    ImageCms = None
 
 DEFAULT_MAX_PIXELS = 200_000_000
 
@@ -55,6 +81,20 @@ _ORIENT = {
 }
 _SWAP16 = {"16B": "16L", "16L": "16B", "16N": "16B" if sys.byteorder == "little" else "16L"}
 
+# The pixel modes decode_image accepts, by how they become RGB (see the module docstring).
+_GRAY_DEEP = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+_GRAY = frozenset({"1", "L", "LA", "La"})
+_PALETTE = frozenset({"P", "PA"})
+_RGB = frozenset({"RGB", "RGBA", "RGBa", "RGBX"})
+_CONVERTED = frozenset({"CMYK", "YCbCr", "HSV", "LAB"})
+# Modes with an alpha channel. Everything else has alpha only through transparency information.
+ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+# PNG gray at 2 or 4 bits: Pillow scales the samples to 0..255 but leaves the tRNS key at the file's depth.
+_KEY_SCALE = {"L;2": 85, "L;4": 17}
+# Formats whose further frames are pictures of their own (not an animation): see _pages().
+_STILL_MULTI = frozenset({"MPO", "TIFF"})
+INTENT = "perceptual"
+
 
 class ImageError(ValueError):
     """An input that is not a usable image; the message is the reason in plain words."""
@@ -62,12 +102,14 @@ class ImageError(ValueError):
 
 @dataclass
 class DecodedImage:
-    rgb: np.ndarray  # (H, W, 3) float32 in [0, 1]
+    rgb: np.ndarray  # (H, W, 3) float32 in [0, 1], sRGB
     alpha: np.ndarray | None  # (H, W) float32 in [0, 1], None when the source has no transparency
     width: int
     height: int
     mode: str  # the source's PIL mode, e.g. "RGB", "I;16", "P", "CMYK"
     format: str  # the source's PIL format, e.g. "PNG", "JPEG"
+    colour: str = "sRGB"  # what colour management did, one line (see the module docstring)
+    pages: int = 1  # pictures in the file; only the first is decoded (MPO, TIFF with thumbnails)
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
@@ -84,10 +126,27 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         raise ImageError(f"image is {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}")
     if w < 1 or h < 1:
         raise ImageError(f"image has no pixels ({w}x{h})")
-    frames = getattr(im, "n_frames", 1)
-    if frames > 1 and im.format != "MPO":
-        raise ImageError(f"animated image with {frames} frames is not supported")
     return im
+
+
+def _pages(im: Image.Image) -> int:
+    """How many pictures the file holds, after checking that the first one alone is the image."""
+    frames = getattr(im, "n_frames", 1)
+    if frames <= 1 or im.format == "MPO":
+        return frames
+    if im.format not in _STILL_MULTI:
+        raise ImageError(f"animated image with {frames} frames is not supported")
+    w, h = im.size
+    for page in range(1, frames):
+        im.seek(page)
+        pw, ph = im.size
+        if pw >= w or ph >= h:
+            raise ImageError(
+                f"multi-page TIFF: page {page + 1} is {pw}x{ph}, not smaller than the first ({w}x{h}); "
+                "only one image (with thumbnails) per file is supported"
+            )
+    im.seek(0)
+    return frames
 
 
 def _png_rgb16(data: bytes, im: Image.Image, tiles: list) -> np.ndarray | None:
@@ -110,32 +169,174 @@ def _png_rgb16(data: bytes, im: Image.Image, tiles: list) -> np.ndarray | None:
     return hi.astype(np.uint16) * 256 + lo
 
 
-def _to_float(im: Image.Image, data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
-    """(H, W, 3) float32 RGB and optional (H, W) alpha, before orientation."""
+def _is_rgb_key(key) -> bool:
+    return isinstance(key, tuple) and len(key) == 3 and all(isinstance(v, int) for v in key)
+
+
+def _key_alpha(samples: np.ndarray, key) -> np.ndarray:
+    """(H, W) alpha from a tRNS colour key (int for gray, 3-tuple for RGB, at the samples' depth):
+    0 where every channel equals the key, else 1."""
+    key = np.asarray(key, dtype=np.int64).reshape(-1)
+    if samples.ndim == 2:
+        samples = samples[..., None]
+    return (samples != key).any(axis=2).astype(np.float32)
+
+
+def _gray(gray: np.ndarray) -> np.ndarray:
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
+def _samples(im: Image.Image, data: bytes) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    """(H, W, 3) float32 RGB before colour management, optional (H, W) alpha, and whether it is deeper
+    than 8 bits. ``im`` is not loaded yet."""
     mode = im.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        gray = np.asarray(im).astype(np.float32) / 65535.0
-        return np.repeat(gray[..., None], 3, axis=2), None
-    if mode == "I":
-        arr = np.asarray(im)
-        if arr.min() < 0 or arr.max() > 65535:
-            raise ImageError(f"32-bit integer image with values {arr.min()}..{arr.max()}, outside 0..65535")
-        gray = arr.astype(np.float32) / 65535.0
-        return np.repeat(gray[..., None], 3, axis=2), None
-    if mode == "F":
-        arr = np.asarray(im, dtype=np.float32)
-        if not np.isfinite(arr).all() or arr.min() < 0.0 or arr.max() > 1.0:
-            raise ImageError("float image with values that are not finite or outside [0, 1]")
-        return np.repeat(arr[..., None], 3, axis=2), None
-    tiles = list(im.tile)  # load() clears them; the 16-bit check needs the rawmode
+    key = im.info.get("transparency")
+    tiles = list(im.tile)  # load() clears them; the 16-bit and the tRNS checks need the rawmode
+    rawmode = tiles[0].args if len(tiles) == 1 and isinstance(tiles[0].args, str) else None
     im.load()
-    deep = _png_rgb16(data, im, tiles)
-    if deep is not None:
-        arr = deep.astype(np.float32) / 65535.0
-        return np.ascontiguousarray(arr[..., :3]), (arr[..., 3].copy() if arr.shape[2] == 4 else None)
-    has_alpha = "A" in mode or "a" in mode or im.has_transparency_data
-    arr = np.asarray(im.convert("RGBA" if has_alpha else "RGB")).astype(np.float32) / 255.0
-    return np.ascontiguousarray(arr[..., :3]), (arr[..., 3].copy() if has_alpha else None)
+    if mode in _GRAY_DEEP:
+        arr = np.asarray(im)
+        if mode == "F":
+            arr = arr.astype(np.float32)
+            if not np.isfinite(arr).all() or arr.min() < 0.0 or arr.max() > 1.0:
+                raise ImageError("float image with values that are not finite or outside [0, 1]")
+            return _gray(arr), None, True
+        if mode == "I" and (arr.min() < 0 or arr.max() > 65535):
+            raise ImageError(f"32-bit integer image with values {arr.min()}..{arr.max()}, outside 0..65535")
+        alpha = _key_alpha(arr, key) if isinstance(key, int) else None
+        return _gray(arr.astype(np.float32) / 65535.0), alpha, True
+    if mode in _GRAY:
+        if mode in ("LA", "La"):
+            la = np.asarray(im.convert("LA") if mode == "La" else im).astype(np.float32) / 255.0
+            return _gray(la[..., 0]), la[..., 1].copy(), False
+        gray = np.asarray(im.convert("L"))
+        alpha = None
+        if isinstance(key, int):
+            alpha = _key_alpha(gray, key * _KEY_SCALE.get(rawmode, 1))
+        return _gray(gray.astype(np.float32) / 255.0), alpha, False
+    if mode in _PALETTE:
+        has_alpha = mode == "PA" or im.has_transparency_data  # palette alpha or a transparent index
+        arr = np.asarray(im.convert("RGBA")).astype(np.float32) / 255.0
+        return np.ascontiguousarray(arr[..., :3]), (arr[..., 3].copy() if has_alpha else None), False
+    if mode in _RGB:
+        deep = _png_rgb16(data, im, tiles)
+        if deep is not None:
+            alpha = _key_alpha(deep, key) if deep.shape[2] == 3 and _is_rgb_key(key) else None
+            arr = deep.astype(np.float32) / 65535.0
+            return np.ascontiguousarray(arr[..., :3]), (arr[..., 3].copy() if arr.shape[2] == 4 else alpha), True
+        if mode in ("RGBA", "RGBa"):
+            arr = np.asarray(im.convert("RGBA")).astype(np.float32) / 255.0
+            return np.ascontiguousarray(arr[..., :3]), arr[..., 3].copy(), False
+        rgb = np.asarray(im.convert("RGB") if mode == "RGBX" else im)
+        alpha = _key_alpha(rgb, key) if mode == "RGB" and _is_rgb_key(key) else None
+        return rgb.astype(np.float32) / 255.0, alpha, False
+    if mode in _CONVERTED:
+        return np.asarray(im.convert("RGB")).astype(np.float32) / 255.0, None, False
+    raise ImageError(f"unsupported pixel mode {mode!r}")
+
+
+# ---- colour management (ICC profiles) -------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def _srgb():
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+def _profile_name(profile) -> str:
+    name = (profile.profile.profile_description or "").strip()
+    name = "".join(c if c.isprintable() else "?" for c in name)[:80]
+    return name or "unnamed profile"
+
+
+# ICC colour space of a profile -> the Pillow mode its transform reads, and the source modes it may describe.
+_SPACES = {
+    "RGB": ("RGB", _GRAY_DEEP | _GRAY | _PALETTE | _RGB | {"YCbCr", "HSV"}),
+    "GRAY": ("L", _GRAY_DEEP | _GRAY),
+    "CMYK": ("CMYK", frozenset({"CMYK"})),
+    "LAB": ("LAB", frozenset({"LAB"})),
+}
+
+
+@dataclass(frozen=True)
+class _Plan:
+    transform: object | None  # None: the profile is sRGB already, keep the values
+    in_mode: str
+    name: str
+
+
+def _build_plan(profile, mode: str) -> _Plan:
+    space = profile.profile.xcolor_space.strip().upper()
+    if space not in _SPACES or mode not in _SPACES[space][1]:
+        raise ValueError(f"a {space or '?'} profile does not fit a {mode} image")
+    in_mode = _SPACES[space][0]
+    transform = ImageCms.buildTransform(
+        profile, _srgb(), in_mode, "RGB", renderingIntent=ImageCms.Intent.PERCEPTUAL, flags=ImageCms.Flags.NOCACHE
+    )
+    name = _profile_name(profile)
+    if in_mode in ("RGB", "L"):  # sRGB already? Then the values stay as they are (16-bit ones too).
+        levels = np.linspace(0, 255, 16).round().astype(np.uint8)
+        if in_mode == "RGB":
+            probe = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(64, 64, 3)
+            expected = probe
+        else:
+            probe = np.arange(256, dtype=np.uint8).reshape(16, 16)
+            expected = _gray(probe)
+        got = np.asarray(ImageCms.applyTransform(Image.fromarray(probe), transform))
+        if np.abs(got.astype(int) - expected).max() <= 1:
+            return _Plan(None, in_mode, name)
+    return _Plan(transform, in_mode, name)
+
+
+@functools.lru_cache(maxsize=1)
+def _lab_plan() -> _Plan:
+    """LAB pixels without a profile: CIE L*a*b* relative to D50, ImageCms's built-in Lab profile."""
+    lab = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB"))
+    return _Plan(_build_plan(lab, "LAB").transform, "LAB", "CIELAB D50")
+
+
+@functools.lru_cache(maxsize=32)
+def _plan(icc: bytes, mode: str) -> _Plan:
+    """The conversion of ``mode`` pixels described by ICC profile bytes (cached: photos share profiles)."""
+    return _build_plan(ImageCms.ImageCmsProfile(io.BytesIO(icc)), mode)
+
+
+def _apply(plan: _Plan, im: Image.Image, rgb: np.ndarray, deep: bool) -> tuple[np.ndarray, str]:
+    if plan.transform is None:
+        return rgb, f"sRGB (embedded profile '{plan.name}')"
+    if plan.in_mode in ("CMYK", "LAB"):
+        src = im
+    elif plan.in_mode == "L":
+        src = Image.fromarray(to_uint8(rgb[..., 0]))
+    else:
+        src = Image.fromarray(to_uint8(rgb))
+    out = np.asarray(ImageCms.applyTransform(src, plan.transform)).astype(np.float32) / 255.0
+    note = f"converted from '{plan.name}' to sRGB ({INTENT}" + (", 8-bit)" if deep else ")")
+    return out, note
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join((str(e) or type(e).__name__).split())[:200]
+
+
+def _colour(im: Image.Image, rgb: np.ndarray, deep: bool) -> tuple[np.ndarray, str]:
+    """Colour-manage decoded RGB samples into sRGB by the module's rule; (rgb, note)."""
+    icc = im.info.get("icc_profile")
+    problem = ""
+    if icc:
+        try:
+            if ImageCms is None:
+                raise RuntimeError("Pillow was built without littlecms")
+            return _apply(_plan(bytes(icc), im.mode), im, rgb, deep)
+        except MemoryError:
+            raise
+        except Exception as e:  # an unusable profile never costs the image: fall back to no profile
+            problem = f"; ICC profile unusable: {_one_line(e)}"
+    if im.mode == "LAB" and ImageCms is not None:
+        out, note = _apply(_lab_plan(), im, rgb, deep)
+        return out, note + problem
+    if im.mode == "CMYK":
+        return rgb, "uncalibrated CMYK conversion (no profile)" + problem
+    return rgb, "sRGB" + problem
 
 
 def _orientation(im: Image.Image) -> int:
@@ -147,14 +348,20 @@ def _orientation(im: Image.Image) -> int:
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """Decode image bytes by the rules in the module docstring; raise ImageError with the reason."""
+    """Decode image bytes by the rules in the module docstring.
+
+    Returns RGB as (H, W, 3) float32 in [0, 1] (sRGB) and alpha as (H, W) float32 or None.
+    Raises ImageError with the reason (one line) for anything that is not a usable image.
+    """
     try:
         with warnings.catch_warnings():
             # Our own size guard runs first; Pillow's warnings (bomb, odd EXIF) are not the caller's business.
             warnings.simplefilter("ignore")
             im = _open(data, max_pixels)
+            pages = _pages(im)
             source_mode, fmt = im.mode, im.format or "?"
-            rgb, alpha = _to_float(im, data)
+            rgb, alpha, deep = _samples(im, data)
+            rgb, colour = _colour(im, rgb, deep)
             orient = _orientation(im)
     except ImageError:
         raise
@@ -163,13 +370,13 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
     except MemoryError as e:
         raise ImageError("not enough memory to decode the image") from e
     except Exception as e:  # Pillow's plugins raise many types (OSError, SyntaxError, struct.error, ...)
-        reason = str(e) or type(e).__name__
-        raise ImageError(f"corrupt, truncated or unsupported image data ({reason})") from e
+        raise ImageError(f"corrupt, truncated or unsupported image data ({_one_line(e)})") from e
     if orient != 1:
         rgb = np.ascontiguousarray(_ORIENT[orient](rgb))
         alpha = None if alpha is None else np.ascontiguousarray(_ORIENT[orient](alpha))
     h, w = rgb.shape[:2]
-    return DecodedImage(rgb=rgb, alpha=alpha, width=w, height=h, mode=source_mode, format=fmt)
+    return DecodedImage(rgb=rgb, alpha=alpha, width=w, height=h, mode=source_mode, format=fmt, colour=colour,
+                        pages=pages)
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:

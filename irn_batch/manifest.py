@@ -44,6 +44,7 @@ INGEST_SCHEMA = pa.schema(
         ("error", pa.string()),
         *_TIMINGS,
         ("finished_at", pa.float64()),
+        ("colour", pa.string()),  # what decoding did to the colours (imageio.DecodedImage.colour)
         # "input" (the file itself: undecodable, too large, a bad key; redone with retry_errors=true) or
         # "transient" (storage, a lost worker: redone by a plain rerun); null in parts of older versions
         ("error_kind", pa.string()),

@@ -206,3 +206,77 @@ def test_python_dash_m_entry_point(tmp_path):
     )
     assert proc.returncode == 2
     assert one_error_line(proc.stderr).endswith("missing.png: no such file")
+
+
+@pytest.mark.parametrize("suffix,container", [(".webp", "webp"), (".jpg", "jpeg"), (".jpeg", "jpeg"),
+                                              (".avif", "avif"), (".png", "png")])
+def test_lr_container_follows_the_output_suffix(capsys, tmp_path, sample, tiny_ckpt_path, suffix, container):
+    from irn_batch.container import avif_available, container_of
+
+    if container == "avif" and not avif_available():
+        pytest.skip("this Pillow has no AVIF")
+    lr = tmp_path / f"lr{suffix}"
+    extra = [] if container == "png" else ["--quality", "70"]
+    assert run(capsys, "downscale", sample, "-o", lr, "--model", tiny_ckpt_path, "--seed", "9", *extra)[0] == 0
+    assert container_of(lr.read_bytes()) == container
+    info = json.loads(run(capsys, "info", lr)[1])
+    assert info["container"] == container and info["z_seed"] == 9 and info["bytes"] == lr.stat().st_size
+    assert (info["width"], info["height"]) == (61, 47)
+    hr = tmp_path / "hr.png"
+    assert run(capsys, "upscale", lr, "-o", hr, "--model", tiny_ckpt_path)[0] == 0
+    assert Image.open(hr).size == (61, 47)
+
+
+@pytest.mark.parametrize("suffix,pil_format", [(".png", "PNG"), (".tif", "TIFF"), (".tiff", "TIFF"),
+                                               (".jpg", "JPEG"), (".webp", "WEBP")])
+def test_restored_bytes_follow_the_output_suffix(capsys, tmp_path, sample, tiny_ckpt_path, suffix, pil_format):
+    lr = tmp_path / "lr.png"
+    assert run(capsys, "downscale", sample, "-o", lr, "--model", tiny_ckpt_path)[0] == 0
+    out = tmp_path / f"restored{suffix}"
+    assert run(capsys, "upscale", lr, "-o", out, "--model", tiny_ckpt_path)[0] == 0
+    assert Image.open(out).format == pil_format
+
+
+def test_unknown_suffixes_and_codec_options_are_refused(capsys, tmp_path, sample, tiny_ckpt_path):
+    lr = tmp_path / "lr.png"
+    assert run(capsys, "downscale", sample, "-o", lr, "--model", tiny_ckpt_path)[0] == 0
+    for argv, reason in (
+        (("upscale", lr, "-o", tmp_path / "x.bmp", "--model", tiny_ckpt_path), "x.bmp: cannot tell the container"),
+        (("upscale", lr, "-o", tmp_path / "x.gif", "--model", tiny_ckpt_path), "x.gif: cannot tell the container"),
+        (("upscale", lr, "-o", tmp_path / "noext", "--model", tiny_ckpt_path), "noext: cannot tell the container"),
+        (("downscale", sample, "-o", tmp_path / "lr.tif", "--model", tiny_ckpt_path), "an LR file is one of"),
+        (("downscale", sample, "-o", tmp_path / "lr.jpg", "--subsampling", "4:1:1"), "--subsampling"),
+        (("downscale", sample, "-o", tmp_path / "lr.webp", "--quality", "abc"), "--quality"),
+    ):
+        rc, _, err = run(capsys, *argv)
+        assert rc == 2 and reason in one_error_line(err), (argv, err)
+        assert not (tmp_path / "x.bmp").exists() and not (tmp_path / "lr.tif").exists()
+
+
+def test_jpeg_lr_of_an_image_with_alpha_is_refused(capsys, tmp_path, tiny_ckpt_path):
+    Image.new("RGBA", (12, 10), (1, 2, 3, 100)).save(tmp_path / "a.png")
+    rc, _, err = run(capsys, "downscale", tmp_path / "a.png", "-o", tmp_path / "lr.jpg", "--model", tiny_ckpt_path)
+    assert rc == 2 and "lr.jpg: JPEG cannot store the alpha" in one_error_line(err)
+    assert run(capsys, "downscale", tmp_path / "a.png", "-o", tmp_path / "lr.webp", "--model", tiny_ckpt_path)[0] == 0
+    assert Image.open(tmp_path / "lr.webp").mode == "RGBA"
+
+
+def test_upscale_finds_the_shipped_weights_by_the_recorded_model_id(capsys, tmp_path, samples_dir, tiny_ckpt_path):
+    """No --model: the LR's recorded id picks the shipped weights; an id that no shipped file has is refused."""
+    from irn_batch.checkpoint import weights_dir
+
+    shipped = sorted(weights_dir().glob("irn_x4*.safetensors"))
+    if not shipped:
+        pytest.skip("no x4 weights shipped")
+    small = tmp_path / "small.png"
+    Image.open(samples_dir / "coffee.png").crop((100, 60, 140, 92)).save(small)
+    lr = tmp_path / "lr.webp"
+    assert run(capsys, "downscale", small, "-o", lr, "--model", shipped[0])[0] == 0
+    assert run(capsys, "upscale", lr, "-o", tmp_path / "hr.png")[0] == 0  # x4 from the id, not the x2 default
+    assert Image.open(tmp_path / "hr.png").size == (40, 32)
+    foreign = tmp_path / "foreign.png"
+    assert run(capsys, "downscale", small, "-o", foreign, "--model", tiny_ckpt_path)[0] == 0
+    model_id = json.loads(run(capsys, "info", foreign)[1])["model_id"]
+    rc, _, err = run(capsys, "upscale", foreign, "-o", tmp_path / "x.png")
+    line = one_error_line(err)
+    assert rc == 2 and model_id in line and "--model" in line

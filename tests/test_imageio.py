@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import io
 import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from png_bytes import chunk, png16, with_chunk
 from irn_batch.imageio import (
     DEFAULT_MAX_PIXELS,
     ImageError,
@@ -27,41 +27,6 @@ def save(im: Image.Image, fmt: str = "PNG", **kw) -> bytes:
 
 def rgb8(h: int = 13, w: int = 17) -> np.ndarray:
     return RNG.integers(0, 256, (h, w, 3), dtype=np.uint8)
-
-
-def _chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-
-
-def _paeth(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-    a, b, c = (v.astype(np.int32) for v in (a, b, c))
-    p = a + b - c
-    pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
-    return np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
-
-
-def png16(samples: np.ndarray, width: int = 0, height: int = 0) -> bytes:
-    """A 16-bit RGB/RGBA PNG written by hand, rows cycling through all five PNG filter types."""
-    h, w, c = samples.shape
-    color_type = {3: 2, 4: 6}[c]
-    rows = samples.astype(">u2").reshape(h, w * c).view(np.uint8).reshape(h, w * c * 2)
-    bpp = 2 * c
-    out, prev = [], np.zeros_like(rows[0])
-    for y, row in enumerate(rows):
-        left = np.concatenate([np.zeros(bpp, np.uint8), row[:-bpp]])
-        upleft = np.concatenate([np.zeros(bpp, np.uint8), prev[:-bpp]])
-        kind = y % 5
-        pred = [
-            np.zeros_like(row),
-            left,
-            prev,
-            ((left.astype(np.int32) + prev) // 2).astype(np.uint8),
-            _paeth(left, prev, upleft).astype(np.uint8),
-        ][kind]
-        out.append(bytes([kind]) + ((row.astype(np.int32) - pred) % 256).astype(np.uint8).tobytes())
-        prev = row
-    ihdr = struct.pack(">IIBBBBB", width or w, height or h, 16, color_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"".join(out))) + _chunk(b"IEND", b"")
 
 
 def test_rgb_exact_k_over_255():
@@ -175,14 +140,24 @@ def test_mpo_uses_the_primary_picture():
     data = save(main, "MPO", save_all=True, append_images=[extra])
     assert getattr(Image.open(io.BytesIO(data)), "n_frames", 1) == 2
     img = decode_image(data)
-    assert (img.format, img.width, img.height) == ("MPO", 10, 8)
+    assert (img.format, img.width, img.height, img.pages) == ("MPO", 10, 8, 2)
     assert abs(float(img.rgb.mean()) - 200 / 255) < 0.02
 
 
-def test_multipage_tiff_refused():
+def test_tiff_with_a_thumbnail_page_is_its_first_page():
+    """A TIFF's smaller further pages (thumbnails) are ignored and counted; a full-size page is refused."""
+    main, thumb = rgb8(30, 40), rgb8(6, 8)
+    data = save(Image.fromarray(main), "TIFF", save_all=True, append_images=[Image.fromarray(thumb)])
+    img = decode_image(data)
+    assert (img.width, img.height, img.pages, img.format) == (40, 30, 2, "TIFF")
+    np.testing.assert_array_equal(to_uint8(img.rgb), main)
     pages = [Image.fromarray(rgb8(8, 8)) for _ in range(2)]
-    with pytest.raises(ImageError, match="2 frames"):
+    with pytest.raises(ImageError, match=r"multi-page TIFF: page 2 is 8x8, not smaller than the first \(8x8\)"):
         decode_image(save(pages[0], "TIFF", save_all=True, append_images=pages[1:]))
+    wider = [Image.fromarray(rgb8(8, 8)), Image.fromarray(rgb8(4, 9))]  # smaller area, but wider
+    with pytest.raises(ImageError, match="page 2 is 9x4"):
+        decode_image(save(wider[0], "TIFF", save_all=True, append_images=wider[1:]))
+    assert decode_image(save(Image.fromarray(main), "TIFF")).pages == 1
 
 
 def test_float_tiff_rule():
@@ -258,3 +233,142 @@ def test_mutated_files_give_image_or_image_error(fmt):
             assert str(e)
         else:
             assert img.rgb.shape == (img.height, img.width, 3) and np.isfinite(img.rgb).all()
+
+
+# ---- modes by rule: alpha only from alpha modes and transparency information -----------------------
+
+def _set_extra_samples(tiff: bytes, value: int) -> bytes:
+    """A little-endian TIFF from Pillow with its ExtraSamples tag (338, one SHORT) set to ``value``."""
+    entry = struct.pack("<HHI", 338, 3, 1)
+    at = tiff.index(entry)
+    return tiff[: at + 8] + struct.pack("<H", value) + tiff[at + 10 :]
+
+
+def test_lab_tiff_has_no_alpha_and_is_converted_as_cielab():
+    """Issue 10, item 5: the "A" in "LAB" is not alpha; the values are CIE L*a*b*, not RGB bytes."""
+    from PIL import ImageCms
+
+    srgb, lab_profile = ImageCms.createProfile("sRGB"), ImageCms.createProfile("LAB")
+    x = RNG.integers(60, 200, (8, 8, 3), dtype=np.uint8)  # within what 8-bit L*a*b* holds well
+    lab = ImageCms.profileToProfile(Image.fromarray(x), srgb, lab_profile, outputMode="LAB")
+    lab.info.pop("icc_profile", None)
+    data = save(lab, "TIFF")
+    img = decode_image(data)
+    assert (img.mode, img.alpha, img.colour) == ("LAB", None, "converted from 'CIELAB D50' to sRGB (perceptual)")
+    stored = Image.open(io.BytesIO(data))
+    expected = np.asarray(ImageCms.profileToProfile(stored, lab_profile, srgb, outputMode="RGB"))
+    np.testing.assert_array_equal(to_uint8(img.rgb), expected)
+    assert np.abs(to_uint8(img.rgb).astype(int) - x).max() <= 10  # 8-bit L*a*b* quantisation only
+    assert np.abs(to_uint8(img.rgb).astype(int) - np.asarray(stored)).max() > 30  # not the bytes as RGB
+
+
+@pytest.mark.parametrize("mode", ["YCbCr", "CMYK"])
+def test_ycbcr_and_cmyk_without_profile(mode):
+    x = rgb8(9, 7)
+    data = save(Image.fromarray(x).convert(mode), "TIFF")
+    img = decode_image(data)
+    assert img.mode == mode and img.alpha is None
+    np.testing.assert_array_equal(to_uint8(img.rgb), np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+    assert img.colour == ("uncalibrated CMYK conversion (no profile)" if mode == "CMYK" else "sRGB")
+    if mode == "YCbCr":
+        assert np.abs(to_uint8(img.rgb).astype(int) - x).max() <= 3
+
+
+def test_premultiplied_gray_alpha_and_palette_alpha_tiff():
+    g = RNG.integers(0, 256, (5, 6), dtype=np.uint8)
+    a = RNG.integers(1, 256, (5, 6), dtype=np.uint8)
+    premult = np.round(g.astype(int) * a / 255).astype(np.uint8)
+    data = _set_extra_samples(save(Image.fromarray(np.dstack([premult, a]), mode="LA"), "TIFF"), 1)
+    img = decode_image(data)
+    assert img.mode == "La"
+    np.testing.assert_array_equal(to_uint8(img.alpha), a)
+    straight = np.asarray(Image.open(io.BytesIO(data)).convert("LA"))[..., 0]
+    np.testing.assert_array_equal(to_uint8(img.rgb[..., 0]), straight)
+    assert np.abs(straight.astype(int) - g)[a >= 128].max() <= 1  # un-premultiplied
+    pa = Image.fromarray(np.dstack([g % 16, a]), mode="LA").convert("PA")
+    pa = Image.frombytes("PA", pa.size, pa.tobytes())
+    pa.putpalette(RNG.integers(0, 256, 768, dtype=np.uint8).tobytes())
+    img = decode_image(save(pa, "TIFF"))
+    assert img.mode == "PA"
+    np.testing.assert_array_equal(to_uint8(img.alpha), np.asarray(pa)[..., 1])
+    np.testing.assert_array_equal(to_uint8(img.rgb), np.asarray(pa.convert("RGB")))
+
+
+def test_rgb_tiff_extra_samples():
+    """ExtraSamples 2 (unassociated) is RGBA, 1 (associated) is un-premultiplied, 0 (unspecified) is no alpha."""
+    x = RNG.integers(0, 256, (4, 5, 4), dtype=np.uint8)
+    x[..., 3] = 255  # premultiplied and straight agree where alpha is full
+    base = save(Image.fromarray(x), "TIFF")
+    for extra, has_alpha in ((2, True), (1, True), (0, False)):
+        img = decode_image(_set_extra_samples(base, extra))
+        assert (img.alpha is not None) == has_alpha, extra
+        np.testing.assert_array_equal(to_uint8(img.rgb), x[..., :3])
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_gray_png_transparency_key_at_every_depth(bits):
+    levels = 2**bits - 1
+    samples = RNG.integers(0, levels + 1, (6, 7))
+    samples[0, 0] = 1
+    gray = (samples * (255 // levels)).astype(np.uint8)
+    data = save(Image.fromarray(gray), "PNG", bits=bits) if bits < 8 else save(Image.fromarray(gray), "PNG")
+    img = decode_image(with_chunk(data, b"tRNS", struct.pack(">H", 1)))  # key: sample value 1 at the file's depth
+    assert img.alpha is not None
+    np.testing.assert_array_equal(img.alpha == 0, samples == 1)
+    np.testing.assert_array_equal(to_uint8(img.rgb[..., 0]), gray)
+    assert decode_image(data).alpha is None
+
+
+def test_sixteen_bit_png_transparency_keys():
+    """tRNS on 16-bit gray and 16-bit RGB PNGs gives alpha, matched on all 16 bits."""
+    g = RNG.integers(0, 65536, (5, 8)).astype(np.uint16)
+    g[1, 1], g[2, 2] = 1000, 1000 + 256  # same high byte as the key, different low byte
+    img = decode_image(save(Image.fromarray(g), "PNG", transparency=1000))
+    assert img.mode == "I;16"
+    np.testing.assert_array_equal(img.alpha == 0, g == 1000)
+    np.testing.assert_allclose(img.rgb[..., 0], g / 65535.0, atol=1e-7)
+
+    x = RNG.integers(0, 65536, (6, 5, 3)).astype(np.uint16)
+    key = (1234, 40000, 7)
+    x[0, 0], x[3, 4], x[2, 2] = key, key, (1234, 40000, 8)  # the last differs in the low byte only
+    img = decode_image(with_chunk(png16(x), b"tRNS", struct.pack(">3H", *key)))
+    np.testing.assert_array_equal(img.alpha == 0, (x == key).all(axis=2))
+    assert img.alpha.sum() == 30 - 2
+    np.testing.assert_allclose(img.rgb, x / 65535.0, atol=1e-7)
+
+
+def test_rgb_png_transparency_key_and_no_alpha_without_information():
+    x = rgb8(6, 6)
+    x[2, 3] = (9, 8, 7)
+    img = decode_image(save(Image.fromarray(x), "PNG", transparency=(9, 8, 7)))
+    np.testing.assert_array_equal(img.alpha == 0, (x == (9, 8, 7)).all(axis=2))
+    for fmt in ("PNG", "JPEG", "WEBP", "BMP", "TGA", "TIFF", "PPM"):
+        assert decode_image(save(Image.fromarray(x), fmt)).alpha is None, fmt
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "TGA", "TIFF"])
+def test_alpha_modes_keep_alpha(fmt):
+    x = RNG.integers(0, 256, (6, 5, 4), dtype=np.uint8)
+    img = decode_image(save(Image.fromarray(x), fmt, **({"lossless": True} if fmt == "WEBP" else {})))
+    np.testing.assert_array_equal(to_uint8(img.alpha), x[..., 3])
+
+
+def test_32_bit_integer_gray_rule():
+    g = RNG.integers(0, 65536, (4, 6)).astype(np.int32)
+    img = decode_image(save(Image.fromarray(g, mode="I"), "TIFF"))
+    assert (img.mode, img.alpha) == ("I", None)
+    np.testing.assert_allclose(img.rgb[..., 2], g / 65535.0, atol=1e-7)
+    for bad in (g - 70_000, g + 70_000):
+        with pytest.raises(ImageError, match="outside 0..65535"):
+            decode_image(save(Image.fromarray(bad.astype(np.int32), mode="I"), "TIFF"))
+
+
+def test_bmp_tga_gif_modes():
+    x = rgb8(5, 7)
+    p = Image.fromarray(x).quantize(colors=8)
+    for fmt in ("BMP", "TGA", "GIF"):
+        img = decode_image(save(p, fmt))
+        assert img.alpha is None, fmt
+        np.testing.assert_array_equal(to_uint8(img.rgb), np.asarray(p.convert("RGB")), err_msg=fmt)
+    gif = decode_image(save(p, "GIF", transparency=int(np.asarray(p)[0, 0])))
+    np.testing.assert_array_equal(gif.alpha == 0, np.asarray(p) == np.asarray(p)[0, 0])

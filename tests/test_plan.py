@@ -148,6 +148,6 @@ def test_restore_rerun_checks_earlier_restores_with_the_same_lr_model_and_settin
     # another format, quality or temperature makes other bytes: nothing is skipped
     assert not any(r["check_sha"] for r in _restore_plan(tmp_path, "temperature=1").values())
     assert output_settings(load_config(RestoreConfig, None, ["input=a", "output=b", "format=jpg", "quality=80"]), 1.0) \
-        == "format=jpg quality=80 temperature=1 precision=fp32 tile=512"
-    with pytest.raises(RestoreError, match="unknown output format 'gif'"):
+        == "format=jpeg quality=80 subsampling=4:2:0 temperature=1 precision=fp32 tile=512"
+    with pytest.raises(RestoreError, match="unknown container 'gif'"):
         output_settings(load_config(RestoreConfig, None, ["input=a", "output=b", "format=gif"]), 1.0)

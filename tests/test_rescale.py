@@ -142,32 +142,44 @@ def test_bf16_precision_close_to_fp32(tiny_ckpt):
         downscale_image(tiny_ckpt, img, z_seed=1, precision="fp8")
 
 
-def test_tiled_path_is_used_and_matches_whole(tiny_ckpt):
+def _count_calls(monkeypatch, obj, name: str) -> list:
+    """Wrap ``obj.name`` so each call is recorded (the real method still runs)."""
+    calls, real = [], getattr(obj, name)
+
+    def spy(*args, **kwargs):
+        calls.append(args[0].shape if args and hasattr(args[0], "shape") else None)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(obj, name, spy)
+    return calls
+
+
+def test_tiled_path_is_used_and_matches_whole(tiny_ckpt, monkeypatch):
+    """Above one tile, rescale runs the network tile by tile; the result equals the whole-image one to
+    a rounding step (the module's promise). Which path ran is seen by counting the network's calls and
+    their input sizes, never by float differences, which depend on the CPU's kernels (issue 10, item 12).
+    """
     x = smooth_image(70, 90)
     img = decoded(x)
+    down = _count_calls(monkeypatch, tiny_ckpt.model, "downscale")
+    tiled_calls = _count_calls(monkeypatch, tiling, "downscale_tiled")
     whole_png, _ = downscale_image(tiny_ckpt, img, z_seed=2, tile=4096)
+    assert len(down) == 1 and down[0][-2:] == (70, 90) and not tiled_calls  # one call on the whole image
+    down.clear()
     tiled_png, _ = downscale_image(tiny_ckpt, img, z_seed=2, tile=80)
+    assert len(tiled_calls) == 1 and len(down) > 1  # tiling ran, several windows
+    assert all(max(shape[-2:]) <= 80 for shape in down)  # each no larger than a tile
     a = np.asarray(Image.open(io.BytesIO(whole_png))).astype(int)
     b = np.asarray(Image.open(io.BytesIO(tiled_png))).astype(int)
-    assert np.abs(a - b).max() <= 1  # at most a rounding flip
-    # rescale really goes through tiling: its LR is exactly the quantised downscale_tiled output,
-    # which (at float level) is not the whole-image output, so this check can tell the two apart.
-    hr = pad_to_multiple(torch.from_numpy(img.rgb).permute(2, 0, 1)[None], 2)
-    with torch.no_grad():
-        direct = tiling.downscale_tiled(tiny_ckpt.model, hr, tile=80)
-        whole = tiny_ckpt.model.downscale(hr, quantize=False)[0]
-    assert (direct - whole).abs().max() > 0
-    np.testing.assert_array_equal(b, direct[0].clamp(0, 1).mul(255).round().permute(1, 2, 0).numpy().astype(int))
+    assert np.abs(a - b).max() <= 1  # at most a rounding step
 
-    lr = torch.from_numpy(a / np.float32(255)).permute(2, 0, 1)[None].float()
-    z = sample_z(tiny_ckpt.model.z_shape(lr), tiny_ckpt.default_temperature, seed=2)
-    with torch.no_grad():
-        direct_hr = tiling.upscale_tiled(tiny_ckpt.model, lr, z, tile=80)[0, :, :70, :90]
+    up = _count_calls(monkeypatch, tiny_ckpt.model, "upscale")
     restored_whole = restore_image(tiny_ckpt, whole_png, tile=4096)
+    assert len(up) == 1
+    up.clear()
     restored_tiled = restore_image(tiny_ckpt, whole_png, tile=80)
-    np.testing.assert_array_equal(
-        restored_tiled, direct_hr.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
-    )
+    assert len(up) > 1 and all(max(shape[-2:]) <= 40 for shape in up)  # LR windows of at most tile/scale
+    assert restored_tiled.shape == restored_whole.shape == (70, 90, 3)
     assert np.abs(restored_whole.astype(int) - restored_tiled.astype(int)).max() <= 1
     # Default tile: an image within one tile takes the whole-image path (same bytes as tile=4096).
     assert downscale_image(tiny_ckpt, img, z_seed=2)[0] == whole_png

@@ -75,7 +75,8 @@ class IngestActor:
         stage = "decode"
         try:
             img = decode_image(data, max_pixels=self.cfg.max_pixels)
-            row.update(width=img.width, height=img.height, mode=img.mode, decode_s=time.perf_counter() - t0)
+            row.update(width=img.width, height=img.height, mode=img.mode, colour=img.colour,
+                       decode_s=time.perf_counter() - t0)
             stage, t1 = "downscale", time.perf_counter()
             seed = content_seed(data)
             png, _meta = downscale_image(self.ckpt, img, z_seed=seed, tile=self.cfg.actors.tile,

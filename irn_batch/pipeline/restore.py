@@ -55,7 +55,10 @@ def output_settings(cfg: RestoreConfig, default_temperature: float) -> str:
     """The options besides model and LR that shape a restore's bytes, as one comparable string."""
     enc = output_encoding(cfg)
     temperature = default_temperature if cfg.temperature is None else float(cfg.temperature)
-    return (f"format={enc.label} temperature={temperature:g} precision={cfg.actors.precision} "
+    codec = f"format={enc.container}"
+    if not enc.lossless:  # quality and subsampling have no effect on a lossless container
+        codec += f" quality={enc.quality}" + (f" subsampling={enc.subsampling}" if enc.container != "webp" else "")
+    return (f"{codec} temperature={temperature:g} precision={cfg.actors.precision} "
             f"tile={cfg.actors.tile or tiling.DEFAULT_TILE}")
 
 
