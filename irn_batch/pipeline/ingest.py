@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from irn_batch.manifest import INGEST_SCHEMA, MANIFEST_DIR, ManifestWriter, empty_row, latest_table, new_job_id
 from irn_batch.manifest import read_manifest, to_table
 from irn_batch.pipeline.common import Summary, load_model_bytes
-from irn_batch.pipeline.common import actor_model, all_true, finish_job, record_stream, stream_rows
+from irn_batch.pipeline.common import actor_model, all_true, check_outputs, finish_job, record_stream, stream_rows
 from irn_batch.pipeline.config import IngestConfig
 from irn_batch.pipeline.read import one_line
 from irn_batch.storage import StorageError, derived_key, join_key, list_keys, open_fs, safe_key, sha256_hex
@@ -140,12 +140,14 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
     """Run one ingest job; returns the summary dict (also printed), including ``job_id`` and ``manifest``."""
     ckpt_bytes, ckpt = load_model_bytes(cfg.model, cfg.scale, cfg.storage)
     model_id, scale = ckpt.model_id, ckpt.model.scale
+    check_outputs(cfg)  # fail before working: the output and manifest folder take a probe object
     items, left, manifest_dir, job_id = plan(cfg, model_id)
     log(f"ingest {job_id}: {items.num_rows} inputs to check/process, model {model_id} (x{scale}); "
         f"{left.num_rows} earlier errors not retried (retry_errors=true to retry)")
     summary = Summary("ingest", total=items.num_rows + left.num_rows)
     fs_m, m_path = open_fs(manifest_dir, cfg.storage)
-    writer = ManifestWriter(fs_m, m_path, job_id, INGEST_SCHEMA, cfg.rows_per_part, seconds=cfg.progress_s)
+    writer = ManifestWriter(fs_m, m_path, job_id, INGEST_SCHEMA, cfg.rows_per_part, seconds=cfg.progress_s,
+                           spill_dir=cfg.storage.spill_dir)
     # inputs left alone still get a row in this job's manifest, saying why
     for batch in left.to_batches(max(1, cfg.rows_per_part)):
         receipts = [empty_row(INGEST_SCHEMA, job_id=job_id, key=p["key"], source_uri=p["source_uri"], scale=scale,
