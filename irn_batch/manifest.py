@@ -195,7 +195,7 @@ class ManifestWriter:
                     self.parts.append(write_part(self.fs, self.dir, self.job_id, n, table))
                 except Exception as e:  # unreachable (after the outage budget), missing bucket, denied, ...
                     msg = " ".join(str(e).split())[:300]
-                    self.fault = f"manifest part not written to {self.dir} ({type(e).__name__}: {msg})"
+                    self.fault = f"manifest part could not be written ({type(e).__name__}: {msg})"
             if self.fault is not None:
                 self.spilled.append(write_part(LocalFileSystem(), self.spill_dir, self.job_id, n, table))
             self.buffer = []

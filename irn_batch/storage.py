@@ -155,30 +155,35 @@ def with_retry(fs: fsspec.AbstractFileSystem, what: str, call: Callable[[], T]) 
 
     Only unreachable-store errors (:func:`is_unreachable`) are retried; any other error (not found, access
     denied, ...) is raised at once. After ``fs.irn_outage_s`` seconds (``storage.outage_s``, set by
-    :func:`open_fs`) of failures it raises :class:`StorageUnavailable`, and from then on this process tries
-    each call on that store once only, so a job facing a permanent outage ends in about that time. Local
-    files are called directly.
+    :func:`open_fs`) of failures it raises :class:`StorageUnavailable`; for the next ``outage_s`` seconds
+    this process then fails calls on that store at once without trying, so a job facing a permanent outage
+    ends soon after the first worker gives up. ``what`` names the call in the message. Local files are
+    called directly.
     """
     if isinstance(fs, LocalFileSystem):
         return call()
     budget = float(getattr(fs, "irn_outage_s", StorageConfig.outage_s))
     store = str(getattr(fs, "_fs_token", id(fs)))
+    gave_up = _down_since.get(store)
+    if gave_up is not None:
+        if time.monotonic() - gave_up < budget:
+            raise StorageUnavailable(f"{OUTAGE_MARK} ({what} not tried: this worker gave up on the store "
+                                     f"{time.monotonic() - gave_up:.0f} s ago, storage.outage_s={budget:g})")
+        _down_since.pop(store, None)
     first, delay = None, _BACKOFF_FIRST_S
     while True:
         try:
-            out = call()
-            _down_since.pop(store, None)
-            return out
+            return call()
         except Exception as e:
             if not is_unreachable(e):
                 raise
             now = time.monotonic()
             first = now if first is None else first
             waited = now - first
-            if store in _down_since or waited >= budget:
-                _down_since.setdefault(store, now)
+            if waited >= budget:
+                _down_since[store] = now
                 raise StorageUnavailable(
-                    f"{OUTAGE_MARK} ({what}; gave up after storage.outage_s={budget:g} s): {_brief(e)}") from e
+                    f"{OUTAGE_MARK} ({what} gave up after storage.outage_s={budget:g} s): {_brief(e)}") from e
             time.sleep(min(delay, budget - waited))
             delay = min(delay * 2, _BACKOFF_MAX_S)
 
@@ -196,10 +201,10 @@ def check_writable(url: str, storage: StorageConfig | None = None) -> None:
     try:
         fs, path = open_fs(url, storage)
         probe = f"{path.rstrip('/')}/.irn-batch-probe-{uuid.uuid4().hex}"
-        with_retry(fs, f"writing a probe object under {url}", lambda: atomic_write(fs, probe, b"probe"))
-        with_retry(fs, f"removing the probe object under {url}", lambda: fs.rm_file(probe))
+        atomic_write(fs, probe, b"probe")  # retried through an outage like every write
+        with_retry(fs, "removing the probe object", lambda: fs.rm_file(probe))
     except StorageUnavailable as e:
-        raise StorageUnavailable(f"{url}: {e}") from None
+        raise StorageUnavailable(f"{url}: {e}") from None  # (the message holds OUTAGE_MARK)
     except StorageError:
         raise
     except Exception as e:  # missing bucket, access denied, read-only file system, ...

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 
 class LoopbackProxy:
@@ -20,6 +21,7 @@ class LoopbackProxy:
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self.accepted: list[float] = []  # time.monotonic() of each connection accepted
 
     @property
     def url(self) -> str:
@@ -59,6 +61,7 @@ class LoopbackProxy:
                 continue
             except OSError:  # closed by stop()
                 return
+            self.accepted.append(time.monotonic())
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
             except OSError:

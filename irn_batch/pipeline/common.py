@@ -16,6 +16,7 @@ from irn_batch.manifest import MANIFEST_DIR, ManifestWriter
 from irn_batch.pipeline.config import ActorConfig, RayConfig
 from irn_batch.pipeline.read import read_stage
 from irn_batch.storage import OUTAGE_MARK, StorageConfig, StorageError, StorageUnavailable, check_writable, open_fs
+from irn_batch.storage import to_uri
 
 
 def init_ray(rc: RayConfig) -> None:
@@ -256,10 +257,10 @@ def finish_job(summary: "Summary", writer: ManifestWriter, **extra: Any) -> dict
 
 def _done_line(summary: "Summary", writer: ManifestWriter) -> str:
     """What is recorded where, for the one-line message that ends a job on a storage fault."""
-    where = f"{len(writer.parts)} manifest part(s) in {writer.dir}"
+    where = f"{len(writer.parts)} manifest part(s) in {to_uri(writer.fs, writer.dir)}"
     if writer.spilled:
-        where += (f", and {len(writer.spilled)} spilled to the local disk: {', '.join(writer.spilled)} "
-                  f"(copy them into {writer.dir} once the store is back)")
+        where += (f", {len(writer.spilled)} spilled to {writer.spill_dir}/{writer.job_id}-part-*.parquet (copy "
+                  f"them into {to_uri(writer.fs, writer.dir)} once the store is back)")
     return (f"ok {summary.ok}, error {summary.error}, skipped {summary.skipped} of {summary.total} inputs; "
             f"{where}; rerun the same job to finish it")
 
