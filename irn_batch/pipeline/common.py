@@ -224,16 +224,21 @@ def record_stream(batches: Iterable[list[dict[str, Any]]], summary: "Summary", w
     the store stayed unreachable: the job ends there, with exit code 2 from the job entry.
     """
     last, outage = time.monotonic(), None
-    for rows in batches:
-        for r in rows:
-            summary.add(r, r[bytes_cols[0]], r[bytes_cols[1]])
-            if outage is None and OUTAGE_MARK in (r.get("error") or ""):
-                outage = r["error"]
-                log(f"{summary.kind}: {outage[:300]}; collecting the rows of work done, then stopping")
-        writer.add(rows)
-        if time.monotonic() - last > progress_s:
-            log(summary.progress_line())
-            last = time.monotonic()
+    try:
+        for rows in batches:
+            for r in rows:
+                summary.add(r, r[bytes_cols[0]], r[bytes_cols[1]])
+                if outage is None and OUTAGE_MARK in (r.get("error") or ""):
+                    outage = r["error"]
+                    log(f"{summary.kind}: {outage[:300]}; collecting the rows of work done, then stopping")
+            writer.add(rows)
+            if time.monotonic() - last > progress_s:
+                log(summary.progress_line())
+                last = time.monotonic()
+    finally:  # on any error here, stop the stream now: a live Ray Data executor would keep the driver alive
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
     if outage is not None:
         writer.flush()
         summary.finish()
