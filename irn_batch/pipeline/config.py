@@ -90,13 +90,20 @@ def refuse_secrets(overrides: list[str] | None, yaml_cfg: Any = None) -> None:
     list``, the driver log), so a secret there is already exposed; the message says where to put it instead.
     """
     settings: list[Any] = list(overrides or [])
-    if yaml_cfg is not None:
-        flat = OmegaConf.to_container(yaml_cfg, resolve=False)
-        stack = [("", flat)]
+    trees = [yaml_cfg] if yaml_cfg is not None else []
+    if overrides:
+        try:  # also look inside values that are mappings: storage={key: ...}
+            trees.append(OmegaConf.from_dotlist(list(overrides)))
+        except Exception:  # a malformed override is reported by load_config without its value
+            pass
+    for tree in trees:
+        stack = [("", OmegaConf.to_container(tree, resolve=False))]
         while stack:
             prefix, node = stack.pop()
             if isinstance(node, dict):
                 stack.extend((f"{prefix}{k}.", v) for k, v in node.items())
+            elif isinstance(node, list):
+                stack.extend((prefix, v) for v in node)
             else:
                 settings.append((prefix[:-1], node))
     name = secret_setting(settings)
