@@ -13,6 +13,7 @@ import os
 import posixpath
 import re
 import socket
+import tempfile
 import time
 import unicodedata
 import uuid
@@ -155,10 +156,10 @@ def with_retry(fs: fsspec.AbstractFileSystem, what: str, call: Callable[[], T]) 
 
     Only unreachable-store errors (:func:`is_unreachable`) are retried; any other error (not found, access
     denied, ...) is raised at once. After ``fs.irn_outage_s`` seconds (``storage.outage_s``, set by
-    :func:`open_fs`) of failures it raises :class:`StorageUnavailable`; for the next ``outage_s`` seconds
-    this process then fails calls on that store at once without trying, so a job facing a permanent outage
-    ends soon after the first worker gives up. ``what`` names the call in the message. Local files are
-    called directly.
+    :func:`open_fs`) of failures it raises :class:`StorageUnavailable`. Then, for the next ``outage_s``
+    seconds, this process fails calls on that store at once without trying, and other processes on this
+    machine (told by a flag file) try once without waiting; so a job facing a permanent outage ends soon
+    after its first worker gives up. ``what`` names the call in the message. Local files are called directly.
     """
     if isinstance(fs, LocalFileSystem):
         return call()
@@ -173,19 +174,56 @@ def with_retry(fs: fsspec.AbstractFileSystem, what: str, call: Callable[[], T]) 
     first, delay = None, _BACKOFF_FIRST_S
     while True:
         try:
-            return call()
+            out = call()
+            if first is not None:
+                _clear_flag(store)
+            return out
         except Exception as e:
             if not is_unreachable(e):
                 raise
             now = time.monotonic()
             first = now if first is None else first
             waited = now - first
-            if waited >= budget:
+            elsewhere = _flag_age(store, budget)
+            if waited >= budget or elsewhere is not None:
                 _down_since[store] = now
-                raise StorageUnavailable(
-                    f"{OUTAGE_MARK} ({what} gave up after storage.outage_s={budget:g} s): {_brief(e)}") from e
+                if elsewhere is None:
+                    _set_flag(store)
+                why = (f"gave up after storage.outage_s={budget:g} s" if elsewhere is None else
+                       f"tried once: a worker on this machine gave up on the store {elsewhere:.0f} s ago")
+                raise StorageUnavailable(f"{OUTAGE_MARK} ({what} {why}): {_brief(e)}") from e
             time.sleep(min(delay, budget - waited))
             delay = min(delay * 2, _BACKOFF_MAX_S)
+
+
+def _flag_file(store: str) -> str:
+    """A per-machine file whose mtime says when some process here gave up on ``store``."""
+    digest = hashlib.sha256(store.encode()).hexdigest()[:24]
+    return os.path.join(tempfile.gettempdir(), f"irn_batch-outage-{os.getuid()}-{digest}")
+
+
+def _set_flag(store: str) -> None:
+    try:
+        with open(_flag_file(store), "wb"):
+            pass
+    except OSError:  # only an optimisation: each process would give up by itself
+        pass
+
+
+def _clear_flag(store: str) -> None:
+    try:
+        os.unlink(_flag_file(store))
+    except OSError:
+        pass
+
+
+def _flag_age(store: str, budget: float) -> float | None:
+    """Seconds since a process on this machine gave up on ``store``, if less than ``budget``."""
+    try:
+        age = time.time() - os.stat(_flag_file(store)).st_mtime
+    except OSError:
+        return None
+    return age if 0 <= age < budget else None
 
 
 def _brief(e: BaseException) -> str:
