@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import os
 import posixpath
 import re
@@ -136,7 +137,7 @@ _UNREACHABLE = ("ConnectionError", "EndpointConnectionError", "ConnectionClosedE
                 "ClientOSError", "ServerTimeoutError", "FSTimeoutError", "TimeoutError", "IncompleteRead",
                 "ProxyConnectionError")
 _BACKOFF_FIRST_S, _BACKOFF_MAX_S = 0.25, 5.0
-_down_since: dict[str, float] = {}  # stores this process has given up on, by fsspec instance token
+_down_since: dict[str, float] = {}  # stores this process has given up on, by _store_id
 
 
 def is_unreachable(e: BaseException) -> bool:
@@ -164,7 +165,7 @@ def with_retry(fs: fsspec.AbstractFileSystem, what: str, call: Callable[[], T]) 
     if isinstance(fs, LocalFileSystem):
         return call()
     budget = float(getattr(fs, "irn_outage_s", StorageConfig.outage_s))
-    store = str(getattr(fs, "_fs_token", id(fs)))
+    store = _store_id(fs)
     gave_up = _down_since.get(store)
     if gave_up is not None:
         if time.monotonic() - gave_up < budget:
@@ -194,6 +195,12 @@ def with_retry(fs: fsspec.AbstractFileSystem, what: str, call: Callable[[], T]) 
                 raise StorageUnavailable(f"{OUTAGE_MARK} ({what} {why}): {_brief(e)}") from e
             time.sleep(min(delay, budget - waited))
             delay = min(delay * 2, _BACKOFF_MAX_S)
+
+
+def _store_id(fs: fsspec.AbstractFileSystem) -> str:
+    """The same string in every process for one store and set of options (fsspec's token is per process)."""
+    opts = json.dumps(getattr(fs, "storage_options", {}), sort_keys=True, default=str)
+    return f"{type(fs).__name__}:{opts}"
 
 
 def _flag_file(store: str) -> str:
