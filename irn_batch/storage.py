@@ -198,9 +198,12 @@ def with_retry(fs: fsspec.AbstractFileSystem, what: str, call: Callable[[], T]) 
 
 
 def _store_id(fs: fsspec.AbstractFileSystem) -> str:
-    """The same string in every process for one store and set of options (fsspec's token is per process)."""
-    opts = json.dumps(getattr(fs, "storage_options", {}), sort_keys=True, default=str)
-    return f"{type(fs).__name__}:{opts}"
+    """The same string in every process for one store (fsspec's own token differs per process)."""
+    so = getattr(fs, "storage_options", {}) or {}
+    client = so.get("client_kwargs") or {}
+    where = {"endpoint": so.get("endpoint_url") or client.get("endpoint_url"), "region": client.get("region_name"),
+             "profile": so.get("profile"), "anon": so.get("anon")}  # (botocore rewrites config_kwargs in place)
+    return f"{type(fs).__name__}:{json.dumps(where, sort_keys=True, default=str)}"
 
 
 def _flag_file(store: str) -> str:
