@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
+import os
 import time
 import uuid
 from typing import Any, Iterable
@@ -18,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from irn_batch.storage import atomic_write
 
@@ -162,15 +164,27 @@ def latest_table(table: pa.Table, key: str = "source_uri") -> pa.Table:
     return table.take(idx["i"].take(last))
 
 
+DEFAULT_SPILL_DIR = "~/.cache/irn_batch/spill"
+
+
 class ManifestWriter:
-    """Buffers rows and writes a part every ``rows_per_part`` rows or ``seconds`` seconds."""
+    """Buffers rows and writes a part every ``rows_per_part`` rows or ``seconds`` seconds.
+
+    When a part cannot be written to the manifest folder (the store is unreachable for ``storage.outage_s``
+    or refuses the write), that part and every later one of this job go to ``spill_dir`` on the local disk
+    instead, under the same names (``parts`` / ``spilled`` list them), and ``fault`` says why: copying the
+    spilled parts into the manifest folder later completes the manifest.
+    """
 
     def __init__(self, fs: fsspec.AbstractFileSystem, manifest_dir: str, job_id: str, schema: pa.Schema,
-                 rows_per_part: int = 1000, seconds: float = 30.0):
+                 rows_per_part: int = 1000, seconds: float = 30.0, spill_dir: str | None = None):
         self.fs, self.dir, self.job_id, self.schema = fs, manifest_dir, job_id, schema
         self.rows_per_part, self.seconds = rows_per_part, seconds
+        self.spill_dir = os.path.abspath(os.path.expanduser(spill_dir or DEFAULT_SPILL_DIR))
         self.buffer: list[dict[str, Any]] = []
         self.parts: list[str] = []
+        self.spilled: list[str] = []
+        self.fault: str | None = None
         self.last_flush = time.monotonic()
 
     def add(self, rows: Iterable[dict[str, Any]]) -> None:
@@ -181,6 +195,14 @@ class ManifestWriter:
     def flush(self) -> None:
         if self.buffer:
             table = to_table(self.buffer, self.schema)
-            self.parts.append(write_part(self.fs, self.dir, self.job_id, len(self.parts), table))
+            n = len(self.parts) + len(self.spilled)
+            if self.fault is None:
+                try:
+                    self.parts.append(write_part(self.fs, self.dir, self.job_id, n, table))
+                except Exception as e:  # unreachable (after the outage budget), missing bucket, denied, ...
+                    msg = " ".join(str(e).split())[:300]
+                    self.fault = f"manifest part could not be written ({type(e).__name__}: {msg})"
+            if self.fault is not None:
+                self.spilled.append(write_part(LocalFileSystem(), self.spill_dir, self.job_id, n, table))
             self.buffer = []
         self.last_flush = time.monotonic()

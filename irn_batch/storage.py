@@ -1,54 +1,85 @@
-"""One way to name data: fsspec URLs (local path, file://, s3://, ...), listings, safe keys, atomic writes.
+"""One way to name data: fsspec URLs (local path, file://, s3://, ...), listings, safe keys, atomic writes,
+and retries of storage calls through an outage.
 
 Input keys are opaque: :func:`list_objects` returns them as stored and they are read at exactly that
 path (:func:`open_uri`); only output keys are made safe (:func:`output_key`, :func:`join_key`).
 
-Credentials come from :class:`StorageConfig` or the standard environment (AWS_* variables, profiles);
-they are passed to fsspec only and never appear in URIs, logs or manifests.
+Credentials never pass through this package: s3fs/botocore find them in the standard places (AWS_*
+environment variables, an AWS profile, an instance or pod role) on each machine that touches the store,
+so they never appear in a config, a command line, a URI, a log line or a manifest.
 """
 from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import os
 import posixpath
 import re
+import socket
 import stat
+import tempfile
 import time
 import unicodedata
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Optional, TypeVar
 
 import fsspec
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
+
+T = TypeVar("T")
 
 
 class StorageError(ValueError):
     """A URL or key that cannot be used safely (escapes its prefix, unreadable, ...)."""
 
 
+# Every message of StorageUnavailable contains this; the driver finds outage rows by it.
+OUTAGE_MARK = "storage unreachable"
+
+
+class StorageUnavailable(StorageError):
+    """The store stayed unreachable (connections refused, cut or timed out) for ``outage_s`` seconds."""
+
+
 @dataclass
 class StorageConfig:
-    """Connection settings for remote stores; empty fields fall back to the standard environment."""
+    """Connection and fault settings for remote stores; credentials are deliberately not among them.
 
-    endpoint_url: str | None = None
-    region: str | None = None
+    Credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN),
+    an AWS profile (``profile`` or AWS_PROFILE) or a role, on every machine that touches the store.
+
+    Faults: each S3 request is tried ``max_attempts`` times by botocore (``retry_mode`` 'standard' or
+    'adaptive', exponential backoff with jitter; this covers throttling and 5xx answers), with
+    ``connect_timeout_s`` / ``read_timeout_s`` per attempt. On top of that, a read or write whose store is
+    unreachable (connection refused, cut or timed out) is retried with backoff for up to ``outage_s``
+    seconds from its first failure, then fails with :class:`StorageUnavailable`, which ends the job.
+    Manifest rows that cannot be written then go to ``spill_dir`` (None: ~/.cache/irn_batch/spill).
+    """
+
+    endpoint_url: Optional[str] = None
+    region: Optional[str] = None
     anon: bool = False
-    key: str | None = None
-    secret: str | None = None
+    profile: Optional[str] = None  # an AWS profile name (its keys stay in ~/.aws on each machine)
+    retry_mode: str = "standard"
+    max_attempts: int = 3
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 30.0
+    outage_s: float = 60.0
+    spill_dir: Optional[str] = None
 
     def options(self, url: str) -> dict[str, Any]:
         """fsspec storage options for ``url`` (only S3-like URLs get any)."""
         if not url.startswith(("s3://", "s3a://")):
             return {}
+        if self.retry_mode not in ("standard", "adaptive", "legacy"):
+            raise StorageError(f"storage.retry_mode={self.retry_mode!r}: use standard, adaptive or legacy")
         opts: dict[str, Any] = {"anon": bool(self.anon)}
-        if self.key:
-            opts["key"] = self.key
-        if self.secret:
-            opts["secret"] = self.secret
+        if self.profile:
+            opts["profile"] = self.profile
         endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         client: dict[str, Any] = {}
         if endpoint:
@@ -57,19 +88,180 @@ class StorageConfig:
             client["region_name"] = self.region
         if client:
             opts["client_kwargs"] = client
+        opts["config_kwargs"] = {
+            "connect_timeout": float(self.connect_timeout_s), "read_timeout": float(self.read_timeout_s),
+            "retries": {"max_attempts": max(1, int(self.max_attempts)), "mode": self.retry_mode},
+        }
         return opts
 
-    def __repr__(self) -> str:  # never print the secret, even in a traceback of a config object
-        return f"StorageConfig(endpoint_url={self.endpoint_url!r}, region={self.region!r}, anon={self.anon})"
+
+# A setting whose name looks like one of these is refused: Ray records a job's entrypoint (and so its
+# command line) and runtime_env, and shows both in `ray job list` and the dashboard.
+_SECRET_NAMES = re.compile(r"(^|_)(key|secret|token|password|passwd|credentials?|access_key_id|"
+                           r"secret_access_key|session_token)$", re.IGNORECASE)
+_URL_USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@]*:[^/@]*@")
+SECRET_HELP = ("secrets are not accepted as settings (Ray shows a job's command line in `ray job list` and "
+               "its logs); give credentials to every machine instead: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
+               "(/ AWS_SESSION_TOKEN) in the environment of the driver and of each Ray node, an AWS profile "
+               "(AWS_PROFILE or storage.profile=NAME), or an instance/pod role")
+
+
+def secret_setting(settings: Iterable[str | tuple[str, Any]]) -> str | None:
+    """The name of the first setting that carries a secret, or None.
+
+    ``settings`` are dotlist entries ('storage.secret=...') or (dotted name, value) pairs. A setting
+    carries a secret when its last name part looks like a credential (key, secret, token, password, ...)
+    or its value is a URL with a password in it ('s3://user:pass@host'); empty values are ignored. Values
+    are never returned.
+    """
+    for item in settings:
+        name, value = (item.split("=", 1) + [""])[:2] if isinstance(item, str) else item
+        last = str(name).strip().rsplit(".", 1)[-1]
+        if value is None or value == "":  # 'key: null' in a YAML file holds nothing
+            continue
+        if _SECRET_NAMES.search(last) or (isinstance(value, str) and _URL_USERINFO.match(value.strip())):
+            return str(name).strip()
+    return None
 
 
 def open_fs(url: str, storage: StorageConfig | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, path inside it) for a URL or a plain local path."""
-    opts = (storage or StorageConfig()).options(url)
-    fs, path = url_to_fs(url, **opts)
+    storage = storage or StorageConfig()
+    fs, path = url_to_fs(url, **storage.options(url))
     if isinstance(fs, LocalFileSystem):
         path = os.path.abspath(path)
+    else:  # fsspec shares one instance per set of options; the last config opened with it sets the budget
+        fs.irn_outage_s = float(storage.outage_s)
     return fs, path
+
+
+# Exceptions that mean "the store did not answer" rather than "the store said no", matched by class name
+# along the exception's cause chain (botocore's and aiohttp's classes, and the builtin ones).
+_UNREACHABLE = ("ConnectionError", "EndpointConnectionError", "ConnectionClosedError", "ConnectTimeoutError",
+                "ReadTimeoutError", "ClientConnectionError", "ClientConnectorError", "ServerDisconnectedError",
+                "ClientOSError", "ServerTimeoutError", "FSTimeoutError", "TimeoutError", "IncompleteRead",
+                "ProxyConnectionError")
+_BACKOFF_FIRST_S, _BACKOFF_MAX_S = 0.25, 5.0
+_down_since: dict[str, float] = {}  # stores this process has given up on, by _store_id
+
+
+def is_unreachable(e: BaseException) -> bool:
+    """Whether ``e`` (or an exception it came from) says that the store could not be reached."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, (ConnectionError, TimeoutError, socket.timeout)):
+            return True
+        if any(c.__name__ in _UNREACHABLE for c in type(e).__mro__):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
+def with_retry(fs: fsspec.AbstractFileSystem, what: str, call: Callable[[], T]) -> T:
+    """``call()``, retried with exponential backoff (0.25 s doubling to 5 s) while the store is unreachable.
+
+    Only unreachable-store errors (:func:`is_unreachable`) are retried; any other error (not found, access
+    denied, ...) is raised at once. After ``fs.irn_outage_s`` seconds (``storage.outage_s``, set by
+    :func:`open_fs`) of failures it raises :class:`StorageUnavailable`. Then, for the next ``outage_s``
+    seconds, this process fails calls on that store at once without trying, and other processes on this
+    machine (told by a flag file) try once without waiting; so a job facing a permanent outage ends soon
+    after its first worker gives up. ``what`` names the call in the message. Local files are called directly.
+    """
+    if isinstance(fs, LocalFileSystem):
+        return call()
+    budget = float(getattr(fs, "irn_outage_s", StorageConfig.outage_s))
+    store = _store_id(fs)
+    gave_up = _down_since.get(store)
+    if gave_up is not None:
+        if time.monotonic() - gave_up < budget:
+            raise StorageUnavailable(f"{OUTAGE_MARK} ({what} not tried: this worker gave up on the store "
+                                     f"{time.monotonic() - gave_up:.0f} s ago, storage.outage_s={budget:g})")
+        _down_since.pop(store, None)
+    first, delay = None, _BACKOFF_FIRST_S
+    while True:
+        try:
+            out = call()
+            if first is not None:
+                _clear_flag(store)
+            return out
+        except Exception as e:
+            if not is_unreachable(e):
+                raise
+            now = time.monotonic()
+            first = now if first is None else first
+            waited = now - first
+            elsewhere = _flag_age(store, budget)
+            if waited >= budget or elsewhere is not None:
+                _down_since[store] = now
+                if elsewhere is None:
+                    _set_flag(store)
+                why = (f"gave up after storage.outage_s={budget:g} s" if elsewhere is None else
+                       f"tried once: a worker on this machine gave up on the store {elsewhere:.0f} s ago")
+                raise StorageUnavailable(f"{OUTAGE_MARK} ({what} {why}): {_brief(e)}") from e
+            time.sleep(min(delay, budget - waited))
+            delay = min(delay * 2, _BACKOFF_MAX_S)
+
+
+def _store_id(fs: fsspec.AbstractFileSystem) -> str:
+    """The same string in every process for one store (fsspec's own token differs per process)."""
+    so = getattr(fs, "storage_options", {}) or {}
+    client = so.get("client_kwargs") or {}
+    where = {"endpoint": so.get("endpoint_url") or client.get("endpoint_url"), "region": client.get("region_name"),
+             "profile": so.get("profile"), "anon": so.get("anon")}  # (botocore rewrites config_kwargs in place)
+    return f"{type(fs).__name__}:{json.dumps(where, sort_keys=True, default=str)}"
+
+
+def _flag_file(store: str) -> str:
+    """A per-machine file whose mtime says when some process here gave up on ``store``."""
+    digest = hashlib.sha256(store.encode()).hexdigest()[:24]
+    return os.path.join(tempfile.gettempdir(), f"irn_batch-outage-{os.getuid()}-{digest}")
+
+
+def _set_flag(store: str) -> None:
+    try:
+        with open(_flag_file(store), "wb"):
+            pass
+    except OSError:  # only an optimisation: each process would give up by itself
+        pass
+
+
+def _clear_flag(store: str) -> None:
+    try:
+        os.unlink(_flag_file(store))
+    except OSError:
+        pass
+
+
+def _flag_age(store: str, budget: float) -> float | None:
+    """Seconds since a process on this machine gave up on ``store``, if less than ``budget``."""
+    try:
+        age = time.time() - os.stat(_flag_file(store)).st_mtime
+    except OSError:
+        return None
+    return age if 0 <= age < budget else None
+
+
+def _brief(e: BaseException) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"[:300]
+
+
+def check_writable(url: str, storage: StorageConfig | None = None) -> None:
+    """Write a small probe object under the prefix ``url`` and remove it; :class:`StorageError` if that fails.
+
+    Run before a job's work starts, so a missing bucket, a read-only prefix or an unreachable store is
+    found before any image is processed (an unreachable one after ``storage.outage_s`` seconds).
+    """
+    try:
+        fs, path = open_fs(url, storage)
+        probe = f"{path.rstrip('/')}/.irn-batch-probe-{uuid.uuid4().hex}"
+        atomic_write(fs, probe, b"probe")  # retried through an outage like every write
+        with_retry(fs, "removing the probe object", lambda: fs.rm_file(probe))
+    except StorageUnavailable as e:
+        raise StorageUnavailable(f"{url}: {e}") from None  # (the message holds OUTAGE_MARK)
+    except StorageError:
+        raise
+    except Exception as e:  # missing bucket, access denied, read-only file system, ...
+        raise StorageError(f"{url}: cannot write there ({_brief(e)})") from None
 
 
 def to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
@@ -190,7 +382,7 @@ def atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
 
     Local: temp file in the same directory, fsync, ``os.replace``. S3-like stores: a single PUT (or a
     multipart upload) only becomes visible when complete, so the object is written directly. Anything
-    else: temp key then move.
+    else: temp key then move. Remote writes are retried through an outage (:func:`with_retry`).
     """
     if isinstance(fs, LocalFileSystem):
         d = os.path.dirname(path)
@@ -208,20 +400,26 @@ def atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
         return
     protos = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
     if any(p in ("s3", "s3a", "gs", "gcs", "az", "abfs", "memory") for p in protos):
-        fs.pipe_file(path, data)
+        with_retry(fs, "write", lambda: fs.pipe_file(path, data))
         return
     tmp = f"{path}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
-    fs.pipe_file(tmp, data)
-    fs.mv(tmp, path)
+    with_retry(fs, "write", lambda: fs.pipe_file(tmp, data))
+    with_retry(fs, "write", lambda: fs.mv(tmp, path))
 
 
 def read_limited(fs: fsspec.AbstractFileSystem, path: str, max_bytes: int) -> bytes:
-    """Read a whole object, refusing ones larger than ``max_bytes`` before reading them."""
-    size = fs.size(path)
-    if size is not None and size > max_bytes:
-        raise StorageError(f"file is {size} bytes, over the {max_bytes}-byte input limit")
-    with fs.open(path, "rb") as f:
-        data = f.read(max_bytes + 1)
+    """Read a whole object, refusing ones larger than ``max_bytes`` before reading them.
+
+    Retried through an outage (:func:`with_retry`).
+    """
+    def read() -> bytes:
+        size = fs.size(path)
+        if size is not None and size > max_bytes:
+            raise StorageError(f"file is {size} bytes, over the {max_bytes}-byte input limit")
+        with fs.open(path, "rb") as f:
+            return f.read(max_bytes + 1)
+
+    data = with_retry(fs, "read", read)
     if len(data) > max_bytes:
         raise StorageError(f"file is over the {max_bytes}-byte input limit")
     return data

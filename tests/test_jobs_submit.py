@@ -2,72 +2,29 @@
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 
 import pytest
 
 from irn_batch.manifest import read_manifest
 
 pytest_plugins = ["pipeline_fixtures"]
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
 def ray_head(test_env):
-    """`ray start --head --block` in its own session, every port chosen here; torn down by our PIDs only."""
-    from pipeline_fixtures import free_port
+    """A head started with this process's environment (ray_head.start_ray_head)."""
+    from ray_head import have_ray_cli, start_ray_head
 
-    if not (BIN / "ray").exists():
+    if not have_ray_cli():
         pytest.skip("the ray CLI is not installed next to this Python")
-    temp = tempfile.mkdtemp(prefix="rjh", dir="/tmp")  # short: Ray's socket paths have a length limit
-    ports = {name: free_port() for name in (
-        "port", "dashboard-port", "node-manager-port", "object-manager-port",
-        "metrics-export-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port")}
-    low = free_port()
-    env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}", PYTHONPATH=str(ROOT))
-    cmd = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus=2", f"--temp-dir={temp}",
-           "--include-dashboard=true", "--dashboard-host=127.0.0.1", "--disable-usage-stats",
-           "--object-store-memory=300000000", f"--min-worker-port={low}", f"--max-worker-port={low + 200}",
-           *(f"--{k}={v}" for k, v in ports.items())]
-    log = open(Path(temp) / "head.log", "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"http://127.0.0.1:{ports['dashboard-port']}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            r = subprocess.run([str(BIN / "ray"), "job", "list", "--address", address], env=env,
-                               capture_output=True, text=True)
-            if r.returncode == 0:
-                break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"ray head did not come up: {Path(temp, 'head.log').read_text()[-2000:]}")
-            time.sleep(2)
-        yield {"address": address, "env": env}
-    finally:
-        proc.send_signal(signal.SIGTERM)  # --block makes `ray start` stop the processes it started
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # stragglers of that session only (its pgid is our child's pid)
-        except ProcessLookupError:
-            pass
-        log.close()
-        shutil.rmtree(temp, ignore_errors=True)
+    with start_ray_head(dict(os.environ)) as head:
+        yield head
 
 
 def _submit(head, *args: str) -> str:
-    cmd = [str(BIN / "ray"), "job", "submit", "--address", head["address"], "--working-dir", str(ROOT), "--",
-           "python", *args]
-    r = subprocess.run(cmd, env=head["env"], cwd=ROOT, capture_output=True, text=True, timeout=400)
+    from ray_head import submit
+
+    r = submit(head, *args)
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "succeeded" in out, out[-4000:]
     return out

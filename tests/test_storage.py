@@ -70,11 +70,15 @@ def test_derived_key():
     assert derived_key("a/b.raw", ".png") == "a/b.raw.png"
 
 
-def test_storage_config_never_shows_secrets():
-    cfg = StorageConfig(endpoint_url="http://127.0.0.1:9", key="AKIDSECRET", secret="s3cr3t-value")
-    assert "s3cr3t" not in repr(cfg) and "AKIDSECRET" not in repr(cfg)
+def test_storage_config_holds_no_credentials_and_passes_retry_settings():
+    assert not {"key", "secret", "token"} & set(StorageConfig.__dataclass_fields__)
+    cfg = StorageConfig(endpoint_url="http://127.0.0.1:9", profile="archive", max_attempts=7, retry_mode="adaptive",
+                        connect_timeout_s=2.5, read_timeout_s=9.0)
     opts = cfg.options("s3://bucket/x")
-    assert opts["secret"] == "s3cr3t-value" and opts["client_kwargs"]["endpoint_url"] == "http://127.0.0.1:9"
+    assert opts["client_kwargs"]["endpoint_url"] == "http://127.0.0.1:9" and opts["profile"] == "archive"
+    assert opts["config_kwargs"] == {"connect_timeout": 2.5, "read_timeout": 9.0,
+                                     "retries": {"max_attempts": 7, "mode": "adaptive"}}
+    assert "key" not in opts and "secret" not in opts
     assert cfg.options("/local/path") == {}
 
 

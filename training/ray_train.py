@@ -166,7 +166,7 @@ def train_loop_per_worker(config: dict) -> None:
 
 def run_storage(job: JobConfig):
     """(storage_path, pyarrow filesystem or None) for RunConfig: s3:// URLs get an S3FileSystem with
-    the configured endpoint/credentials (so a local S3 server works), local paths become absolute."""
+    the configured endpoint (so a local S3 server works; credentials from the environment, profile or role), local paths become absolute."""
     url = job.run.storage_path
     if not url.startswith(("s3://", "s3a://")):
         return os.path.abspath(url), None
@@ -175,8 +175,6 @@ def run_storage(job: JobConfig):
     s = job.data.storage
     endpoint = s.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     kwargs: dict = {"anonymous": s.anon}
-    if s.key and s.secret:
-        kwargs.update(access_key=s.key, secret_key=s.secret)
     if s.region:
         kwargs["region"] = s.region
     if endpoint:

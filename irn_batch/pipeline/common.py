@@ -12,10 +12,11 @@ import pyarrow.compute as pc
 import ray
 
 from irn_batch.checkpoint import Checkpoint, CheckpointError, checkpoint_from_bytes, default_weights_path
-from irn_batch.manifest import ManifestWriter
+from irn_batch.manifest import MANIFEST_DIR, ManifestWriter
 from irn_batch.pipeline.config import ActorConfig, RayConfig
 from irn_batch.pipeline.read import read_stage
-from irn_batch.storage import StorageConfig, open_fs
+from irn_batch.storage import OUTAGE_MARK, StorageConfig, StorageError, StorageUnavailable, check_writable, open_fs
+from irn_batch.storage import to_uri
 
 
 def init_ray(rc: RayConfig) -> None:
@@ -107,30 +108,66 @@ def stream_rows(items: pa.Table, actor_cls: type, uri_col: str, cfg: Any, ckpt_b
     process dies on every try (a crash in a decoder, an out-of-memory kill). Those records are run again one
     per block, so that an image which kills its worker takes no neighbour with it; any record still lost
     gets ``lost_row(item, reason)``. Every item thus yields exactly one row and the job never hangs on it.
+
+    A storage outage: once a row says that the store stayed unreachable for ``storage.outage_s``
+    (:data:`OUTAGE_MARK`), the stream is drained for at most another ``outage_s`` (the other workers give up
+    on the store too, and rows of work done before the outage still arrive), then stopped; items without a
+    row get a ``lost_row`` saying that they were not attempted. The caller ends the job (:func:`record_stream`).
     ``cfg`` is an IngestConfig or RestoreConfig; both carry ray, actors, storage and max_input_bytes.
     """
     init_ray(cfg.ray)
+    watch = OutageWatch(cfg.storage.outage_s)
 
     def one_pass(todo: pa.Table, batch_size: int, isolate: bool = False):
         """Yield the pass's result rows; return the items that got none."""
         done = []
-        for batch in _run_stream(todo, actor_cls, uri_col, cfg, ckpt_bytes, job_id, batch_size, isolate):
-            # a copy: a view would keep the whole result block (mapped from the object store) alive
-            done.append(pa.array(batch[uri_col].to_pylist(), pa.string()))
-            yield batch.to_pylist()
+        stream = _run_stream(todo, actor_cls, uri_col, cfg, ckpt_bytes, job_id, batch_size, isolate)
+        try:
+            for batch in stream:
+                # a copy: a view would keep the whole result block (mapped from the object store) alive
+                done.append(pa.array(batch[uri_col].to_pylist(), pa.string()))
+                rows = batch.to_pylist()
+                watch.see(rows)
+                yield rows
+                if watch.expired():
+                    break
+        finally:
+            stream.close()  # stops Ray Data's executor (and its actors) when we leave early
         if not done:
             return todo
         return todo.filter(pc.invert(pc.is_in(todo[uri_col], value_set=pa.concat_arrays(done))))
 
     lost = yield from one_pass(items, cfg.actors.batch_size)
-    if lost.num_rows:
+    if lost.num_rows and watch.outage is None:
         # one record per call and one call per actor at a time: a dying actor takes only its own record
         lost = yield from one_pass(lost, 1, isolate=True)
+    if watch.outage is not None:
+        reason = f"{OUTAGE_MARK}: not attempted, the job stopped on a storage outage ({watch.outage})"
+    else:
         tries = 2 * (1 + cfg.actors.retries)
         reason = (f"worker: the process handling this image died on each of {tries} tries (a crash or an "
                   "out-of-memory kill); the images processed beside it were not affected")
-        for batch in lost.to_batches(1000):
-            yield [lost_row(item, reason) for item in batch.to_pylist()]
+    for batch in lost.to_batches(1000):
+        yield [lost_row(item, reason) for item in batch.to_pylist()]
+
+
+class OutageWatch:
+    """Notices the first outage row of a stream and when the drain that follows it is over."""
+
+    def __init__(self, outage_s: float):
+        self.drain_s = float(outage_s)
+        self.outage: str | None = None
+        self.since: float | None = None
+
+    def see(self, rows: list[dict[str, Any]]) -> None:
+        if self.outage is None:
+            for r in rows:
+                if OUTAGE_MARK in (r.get("error") or ""):
+                    self.outage, self.since = r["error"][:300], time.monotonic()
+                    break
+
+    def expired(self) -> bool:
+        return self.since is not None and time.monotonic() - self.since > self.drain_s
 
 
 def all_true(*conditions: Any) -> pa.ChunkedArray:
@@ -168,25 +205,69 @@ def _run_stream(items: pa.Table, actor_cls: type, uri_col: str, cfg: Any, ckpt_b
     yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
+def check_outputs(cfg: Any, manifest_dir: str | None = None) -> None:
+    """Fail before working: write and remove a probe object under the output prefix and the manifest folder.
+
+    Raises StorageError (StorageUnavailable after ``storage.outage_s`` when the store does not answer)
+    naming the URL, so that a missing bucket or a read-only prefix stops the job before any image is read.
+    """
+    manifest_dir = manifest_dir or cfg.manifest or f"{cfg.output.rstrip('/')}/{MANIFEST_DIR}"
+    for url in dict.fromkeys((cfg.output, manifest_dir)):
+        check_writable(url, cfg.storage)
+
+
 def record_stream(batches: Iterable[list[dict[str, Any]]], summary: "Summary", writer: ManifestWriter,
                   bytes_cols: tuple[str, str], progress_s: float, log: Callable[[str], Any]) -> None:
-    """Count each result row, add it to the manifest, and log a progress line every ``progress_s`` seconds."""
-    last = time.monotonic()
-    for rows in batches:
-        for r in rows:
-            summary.add(r, r[bytes_cols[0]], r[bytes_cols[1]])
-        writer.add(rows)
-        if time.monotonic() - last > progress_s:
-            log(summary.progress_line())
-            last = time.monotonic()
+    """Count each result row, add it to the manifest, and log a progress line every ``progress_s`` seconds.
+
+    Raises StorageUnavailable (after writing what was done, and printing the summary) when a row says that
+    the store stayed unreachable: the job ends there, with exit code 2 from the job entry.
+    """
+    last, outage = time.monotonic(), None
+    try:
+        for rows in batches:
+            for r in rows:
+                summary.add(r, r[bytes_cols[0]], r[bytes_cols[1]])
+                if outage is None and OUTAGE_MARK in (r.get("error") or ""):
+                    outage = r["error"]
+                    log(f"{summary.kind}: {outage[:300]}; collecting the rows of work done, then stopping")
+            writer.add(rows)
+            if time.monotonic() - last > progress_s:
+                log(summary.progress_line())
+                last = time.monotonic()
+    finally:  # on any error here, stop the stream now: a live Ray Data executor would keep the driver alive
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+    if outage is not None:
+        writer.flush()
+        summary.finish()
+        summary.print()
+        raise StorageUnavailable(f"the job stopped: {outage[:300]}; {_done_line(summary, writer)}")
 
 
 def finish_job(summary: "Summary", writer: ManifestWriter, **extra: Any) -> dict[str, Any]:
-    """Print the job's summary; return it as a dict with ``extra`` and the number of manifest parts."""
+    """Print the job's summary; return it as a dict with ``extra`` and the number of manifest parts.
+
+    Raises StorageError, after the summary, when manifest parts had to be spilled to the local disk.
+    """
+    writer.flush()
     out = summary.finish()
     summary.print()
+    if writer.fault is not None:
+        raise StorageError(f"the job finished but its {writer.fault}; {_done_line(summary, writer)}")
     out.update(extra, parts=len(writer.parts))
     return out
+
+
+def _done_line(summary: "Summary", writer: ManifestWriter) -> str:
+    """What is recorded where, for the one-line message that ends a job on a storage fault."""
+    where = f"{len(writer.parts)} manifest part(s) in {to_uri(writer.fs, writer.dir)}"
+    if writer.spilled:
+        where += (f", {len(writer.spilled)} spilled to {writer.spill_dir}/{writer.job_id}-part-*.parquet (copy "
+                  f"them into {to_uri(writer.fs, writer.dir)} once the store is back)")
+    return (f"ok {summary.ok}, error {summary.error}, skipped {summary.skipped} of {summary.total} inputs; "
+            f"{where}; rerun the same job to finish it")
 
 
 @dataclass

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from irn_batch.manifest import INGEST_SCHEMA, MANIFEST_DIR, ManifestWriter, empty_row, latest_table, new_job_id
 from irn_batch.manifest import read_manifest, to_table
 from irn_batch.pipeline.common import Summary, load_model_bytes
-from irn_batch.pipeline.common import actor_model, all_true, finish_job, record_stream, stream_rows
+from irn_batch.pipeline.common import actor_model, all_true, check_outputs, finish_job, record_stream, stream_rows
 from irn_batch.pipeline.config import IngestConfig
 from irn_batch.pipeline.read import INPUT, TRANSIENT, one_line
 from irn_batch.storage import Listing, StorageError, derived_key, join_key, list_objects, open_fs
@@ -275,13 +275,15 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
     items, left, manifest_dir, job_id = p.items, p.left, p.manifest_dir, p.job_id
     if cfg.dry_run:
         return print_plan(p, cfg, log)
+    check_outputs(cfg)  # fail before working: the output and manifest folder take a probe object
     log(f"ingest {job_id}: {items.num_rows} inputs to check/process, model {model_id} (x{scale}); "
         f"{left.num_rows} earlier input errors not retried (retry_errors=true to retry); "
         f"{len(p.listing.left_out)} objects left out by include/exclude"
         f"{' (' + left_out_counts(p.listing.left_out) + '; dry_run=true lists them)' if p.listing.left_out else ''}")
     summary = Summary("ingest", total=items.num_rows + left.num_rows, left_out=len(p.listing.left_out))
     fs_m, m_path = open_fs(manifest_dir, cfg.storage)
-    writer = ManifestWriter(fs_m, m_path, job_id, INGEST_SCHEMA, cfg.rows_per_part, seconds=cfg.progress_s)
+    writer = ManifestWriter(fs_m, m_path, job_id, INGEST_SCHEMA, cfg.rows_per_part, seconds=cfg.progress_s,
+                           spill_dir=cfg.storage.spill_dir)
     # inputs left alone still get a row in this job's manifest, saying why
     for batch in left.to_batches(max(1, cfg.rows_per_part)):
         receipts = [empty_row(INGEST_SCHEMA, job_id=job_id, key=r["key"], source_uri=r["source_uri"], scale=scale,

@@ -73,6 +73,6 @@ def read_record(r: dict, storage: StorageConfig, max_bytes: int, uri_col: str) -
 def one_line(e: BaseException) -> str:
     """An exception as one short line: 'Type: message' (or just the message for our own errors)."""
     msg = " ".join(str(e).split()) or type(e).__name__
-    if type(e).__name__ in ("ImageError", "StorageError", "CheckpointError", "RescaleError"):
+    if type(e).__name__ in ("ImageError", "StorageError", "StorageUnavailable", "CheckpointError", "RescaleError"):
         return msg[:500]
     return f"{type(e).__name__}: {msg}"[:500]

@@ -22,7 +22,7 @@ from irn_batch.container import LR_SUFFIXES, ContainerError, Encoding
 from irn_batch.manifest import MANIFEST_DIR, RESTORE_SCHEMA, ManifestWriter, empty_row, latest_table, new_job_id
 from irn_batch.manifest import part_paths, read_manifest, to_table
 from irn_batch.pipeline.common import Summary, load_model_bytes
-from irn_batch.pipeline.common import actor_model, all_true, finish_job, record_stream, stream_rows
+from irn_batch.pipeline.common import actor_model, all_true, check_outputs, finish_job, record_stream, stream_rows
 from irn_batch.pipeline.config import RestoreConfig
 from irn_batch.pipeline.read import one_line
 from irn_batch.storage import StorageError, atomic_write, derived_key, join_key, list_keys, open_fs, output_key
@@ -214,6 +214,7 @@ def run_restore(cfg: RestoreConfig, log=print) -> dict[str, Any]:
     """Run one restore job; returns the summary dict (also printed)."""
     ckpt_bytes, ckpt = load_model_bytes(cfg.model, cfg.scale, cfg.storage)
     model_id, settings = ckpt.model_id, output_settings(cfg, ckpt.default_temperature)
+    check_outputs(cfg)  # fail before working: the output and manifest folder take a probe object
     items, manifest_dir = plan(cfg, model_id, settings)
     job_id = cfg.job_id or new_job_id("restore")
     earlier = items.num_rows - items["check_sha"].null_count
@@ -221,7 +222,8 @@ def run_restore(cfg: RestoreConfig, log=print) -> dict[str, Any]:
         "before with these settings (checked by sha256, not redone; redo=true to restore them again)")
     summary = Summary("restore", total=items.num_rows)
     fs_m, m_path = open_fs(manifest_dir, cfg.storage)
-    writer = ManifestWriter(fs_m, m_path, job_id, RESTORE_SCHEMA, cfg.rows_per_part, seconds=cfg.progress_s)
+    writer = ManifestWriter(fs_m, m_path, job_id, RESTORE_SCHEMA, cfg.rows_per_part, seconds=cfg.progress_s,
+                           spill_dir=cfg.storage.spill_dir)
     if items.num_rows:
         def lost(item: dict[str, Any], reason: str) -> dict[str, Any]:
             return empty_row(RESTORE_SCHEMA, job_id=job_id, key=item["key"], lr_uri=item["lr_uri"],
