@@ -271,11 +271,12 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
     """
     ckpt_bytes, ckpt = load_model_bytes(cfg.model, cfg.scale, cfg.storage)
     model_id, scale = ckpt.model_id, ckpt.model.scale
+    if not cfg.dry_run:
+        check_outputs(cfg)  # fail before working: the output and manifest folder take a probe object
     p = plan(cfg, model_id)
     items, left, manifest_dir, job_id = p.items, p.left, p.manifest_dir, p.job_id
     if cfg.dry_run:
         return print_plan(p, cfg, log)
-    check_outputs(cfg)  # fail before working: the output and manifest folder take a probe object
     log(f"ingest {job_id}: {items.num_rows} inputs to check/process, model {model_id} (x{scale}); "
         f"{left.num_rows} earlier input errors not retried (retry_errors=true to retry); "
         f"{len(p.listing.left_out)} objects left out by include/exclude"
