@@ -21,7 +21,8 @@ from irn_batch.pipeline.common import actor_model, all_true, check_outputs, fini
 from irn_batch.pipeline.config import IngestConfig
 from irn_batch.pipeline.read import INPUT, TRANSIENT, one_line
 from irn_batch.storage import Listing, StorageError, derived_key, join_key, list_objects, open_fs
-from irn_batch.storage import open_uri, output_key, sha256_hex, stat_objects, to_uri
+from irn_batch.storage import StorageUnavailable, open_uri, output_key, sha256_hex, stat_objects, to_uri
+from irn_batch.storage import with_retry
 
 
 ITEM_SCHEMA = pa.schema([(n, pa.string()) for n in
@@ -116,8 +117,11 @@ def list_input(cfg: IngestConfig, fs_in, in_path: str) -> Listing:
         stats = [stats.pop() if ok else (None, None) for ok in safe]
         listing.sizes, listing.versions = [st[0] for st in stats], [st[1] for st in stats]
         return listing
-    try:
-        listing = list_objects(fs_in, in_path, cfg.include, cfg.exclude, cfg.match_case)
+    try:  # retried through an outage like every read; a store that stays down ends the job here
+        listing = with_retry(fs_in, "listing the input",
+                             lambda: list_objects(fs_in, in_path, cfg.include, cfg.exclude, cfg.match_case))
+    except StorageUnavailable as e:
+        raise StorageUnavailable(f"{cfg.input}: {e}") from None
     except OSError as e:  # a mistyped prefix must not look like an empty job
         raise StorageError(f"{cfg.input}: cannot list the input prefix ({one_line(e)})") from e
     if not listing.keys:
@@ -271,12 +275,11 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
     """
     ckpt_bytes, ckpt = load_model_bytes(cfg.model, cfg.scale, cfg.storage)
     model_id, scale = ckpt.model_id, ckpt.model.scale
-    if not cfg.dry_run:
-        check_outputs(cfg)  # fail before working: the output and manifest folder take a probe object
     p = plan(cfg, model_id)
     items, left, manifest_dir, job_id = p.items, p.left, p.manifest_dir, p.job_id
     if cfg.dry_run:
         return print_plan(p, cfg, log)
+    check_outputs(cfg)  # fail before working: the output and manifest folder take a probe object
     log(f"ingest {job_id}: {items.num_rows} inputs to check/process, model {model_id} (x{scale}); "
         f"{left.num_rows} earlier input errors not retried (retry_errors=true to retry); "
         f"{len(p.listing.left_out)} objects left out by include/exclude"
