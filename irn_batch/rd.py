@@ -236,7 +236,18 @@ def rd(uris: list[str], models: dict[int, dict[str, Checkpoint]], plan: Plan, st
         png = {s: points[s][method_key("irn", "png")][0] for s in plan.scales}
         log(f"{uri}: " + ", ".join(f"x{s} IRN PNG {p['bpp']:.2f} bpp {p['psnr_y']:.2f} dB" for s, p in png.items())
             + f" ({time.time() - t0:.0f} s)")
-    return summarise(per_scale, images, skipped, models, plan, time.time() - t0)
+    model_ids = {s: {k: ck.model_id for k, ck in models[s].items()} for s in plan.scales}
+    return summarise(per_scale, images, skipped, model_ids, settings(plan), time.time() - t0)
+
+
+def settings(plan: Plan) -> dict:
+    """What a run measured, as stored in rd.json (runs are merged only when these agree)."""
+    return {
+        "thumbnail": f"bicubic x{THUMB_SCALE} (metrics.bicubic_lr), JPEG 4:2:0 q{plan.thumb_quality}",
+        "crop": plan.crop,
+        "lr_qualities": {k: list(v) for k, v in plan.lr_qualities.items()},
+        "hr_qualities": {k: list(v) for k, v in plan.hr_qualities.items()},
+    }
 
 
 def _quality(text: str) -> int:
@@ -247,7 +258,7 @@ def _quality(text: str) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``irn-batch rd``."""
-    p.add_argument("data", help="folder, prefix URL (s3://...) or single image: the HR originals")
+    p.add_argument("data", nargs="?", help="folder, prefix URL (s3://...) or single image: the HR originals")
     p.add_argument("--scale", type=int, nargs="+", choices=(2, 4, 8), default=[2, 4], help="default: 2 4")
     p.add_argument("--out", required=True, help="folder for rd.json, rd.md and rd_x{scale}.png")
     p.add_argument("--model", nargs="+", default=[],
@@ -261,11 +272,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--thumb-quality", type=_quality, default=THUMB_QUALITY,
                    help=f"JPEG quality of the x{THUMB_SCALE} thumbnail in thumb+hr (default {THUMB_QUALITY})")
     p.add_argument("--limit", type=int, default=None, help="measure only the first N images")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="measure only images K, K+N, K+2N, ... of the sorted list (K from 0), to run parts in "
+                        "parallel and join them with --merge")
     p.add_argument("--crop", type=int, default=None,
                    help="centre-crop each image to N x N HR pixels (default: whole images; headers dominate "
                         "small crops)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--endpoint-url", default=None, help="S3 endpoint for s3:// URLs (default: AWS_ENDPOINT_URL)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="RD_JSON",
+                   help="instead of measuring, join the rd.json files of earlier runs (e.g. one per scale or "
+                        "--shard) and write the report for all their images")
+
+
+def _shard(text: str) -> tuple[int, int]:
+    from irn_batch.cli import UserError
+
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UserError(None, f"--shard must be K/N, e.g. 0/2, got {text!r}") from None
+    if not 0 <= k < n:
+        raise UserError(None, f"--shard K/N needs 0 <= K < N, got {text!r}")
+    return k, n
 
 
 def load_models(paths: list[str], scales: tuple[int, ...]) -> dict[int, dict[str, Checkpoint]]:
@@ -297,6 +326,20 @@ def run(args: argparse.Namespace) -> int:
     from irn_batch.cli import UserError
     from irn_batch import rd_report
 
+    storage = StorageConfig(endpoint_url=args.endpoint_url)
+    if args.merge:
+        if args.data:
+            raise UserError(None, "give either DATA or --merge, not both")
+        runs = [_read_json(path, storage) for path in args.merge]
+        try:
+            merged = rd_report.merge(runs)
+        except ValueError as e:
+            raise UserError(None, f"cannot merge: {e}") from None
+        except (KeyError, TypeError) as e:
+            raise UserError(None, f"cannot merge: an rd.json lacks {e}") from None
+        return _report(merged, args.out, storage)
+    if not args.data:
+        raise UserError(None, "DATA (a folder, URL or image) is required unless --merge is given")
     scales = tuple(dict.fromkeys(args.scale))
     if args.crop is not None and args.crop < 16:
         raise UserError(None, f"--crop must be at least 16 pixels, got {args.crop}")
@@ -317,20 +360,44 @@ def run(args: argparse.Namespace) -> int:
         plan.lr_qualities.pop("avif", None)
         plan.lr_qualities.pop("avif444", None)
         plan.hr_qualities.pop("avif", None)
-    storage = StorageConfig(endpoint_url=args.endpoint_url)
     try:
         uris = list_images(args.data, storage)[: args.limit]
     except (StorageError, OSError, ValueError) as e:
         raise UserError(args.data, str(e)) from None
+    if args.shard:
+        k, n = _shard(args.shard)
+        uris = uris[k::n]
     if not uris:
         raise UserError(args.data, f"no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
     result = rd(uris, models, plan, storage)
     if not result["n_images"]:
         raise UserError(args.data, f"none of the {len(uris)} images could be read (each is listed above)")
+    return _report(result, args.out, storage)
+
+
+def _read_json(path: str, storage: StorageConfig) -> dict:
+    from irn_batch.cli import UserError
+
     try:
-        written = rd_report.write(result, args.out, storage)
+        fs, p = open_fs(path, storage)
+        result = json.loads(fs.cat_file(p))
+    except FileNotFoundError:
+        raise UserError(path, "no such file") from None
     except (OSError, ValueError) as e:
-        raise UserError(args.out, f"cannot write ({e})") from None
+        raise UserError(path, f"cannot read an rd.json ({e})") from None
+    if not isinstance(result, dict) or not isinstance(result.get("images"), list) or "scales" not in result:
+        raise UserError(path, "not an rd.json written by irn-batch rd")
+    return result
+
+
+def _report(result: dict, out: str, storage: StorageConfig) -> int:
+    from irn_batch import rd_report
+    from irn_batch.cli import UserError
+
+    try:
+        written = rd_report.write(result, out, storage)
+    except (OSError, ValueError) as e:
+        raise UserError(out, f"cannot write ({e})") from None
     print(rd_report.short_table(result))
     print(f"wrote {', '.join(written)}", file=sys.stderr)
     return 0

@@ -74,29 +74,61 @@ def compare(methods: dict[str, list[dict]]) -> tuple[list[dict], list[dict]]:
     return bd_rows, single
 
 
-def summarise(per_scale: dict[int, list], images: list[dict], skipped: list[dict], models: dict, plan, seconds: float) -> dict:
-    """The result dict of a run (what ``rd.json`` holds)."""
+def summarise(per_scale: dict[int, list], images: list[dict], skipped: list[dict], model_ids: dict[int, dict],
+              settings: dict, seconds: float) -> dict:
+    """The result dict of a run (what ``rd.json`` holds). ``per_scale``: {scale: [per-image {method: points}]};
+    ``model_ids``: {scale: {"lossless": id, "lossy": id}}; ``settings``: ``rd.settings(plan)``."""
     from irn_batch.rd import mean_curves
 
     scales = {}
-    for s, per_image in per_scale.items():
+    for s, per_image in sorted(per_scale.items()):
         methods = mean_curves(per_image)
         bd_rows, single = compare(methods) if methods else ([], [])
         scales[str(s)] = {
             "scale": s,
-            "model_ids": {k: ck.model_id for k, ck in models[s].items()},
+            "model_ids": model_ids[s],
             "methods": {k: {"label": label(k), "points": v} for k, v in methods.items()},
             "bd": bd_rows,
             "lossless_lr": single,
         }
     return {
-        "protocol": PROTOCOL,
-        "thumbnail": f"bicubic x{THUMB_SCALE} (metrics.bicubic_lr), JPEG 4:2:0 q{plan.thumb_quality}",
-        "crop": plan.crop,
-        "lr_qualities": plan.lr_qualities, "hr_qualities": plan.hr_qualities,
+        "protocol": PROTOCOL, **settings,
         "n_images": len(images), "seconds": round(seconds, 1), "skipped": skipped,
         "scales": scales, "images": images,
     }
+
+
+SETTINGS = ("thumbnail", "crop", "lr_qualities", "hr_qualities")
+
+
+def merge(results: list[dict]) -> dict:
+    """One result from the rd.json of several runs (other scales, other images: ``--shard``).
+
+    Raises ValueError when the runs measured different settings, used different weights for a scale, or
+    both measured the same image at the same scale.
+    """
+    first = results[0]
+    for r in results[1:]:
+        for key in SETTINGS:
+            if r.get(key) != first.get(key):
+                raise ValueError(f"the runs differ in {key} ({first.get(key)} vs {r.get(key)})")
+    images: dict[str, dict] = {}
+    model_ids: dict[int, dict] = {}
+    for r in results:
+        for s, sc in r["scales"].items():
+            if model_ids.setdefault(int(s), sc["model_ids"]) != sc["model_ids"]:
+                raise ValueError(f"the runs used different weights for x{s}")
+        for img in r["images"]:
+            entry = images.setdefault(img["image"], {**{k: v for k, v in img.items() if k != "points"}, "points": {}})
+            for s, points in img["points"].items():
+                if s in entry["points"]:
+                    raise ValueError(f"{img['image']} was measured at x{s} by two of the runs")
+                entry["points"][s] = points
+    ordered = [images[k] for k in sorted(images)]
+    per_scale = {s: [img["points"][str(s)] for img in ordered if str(s) in img["points"]] for s in model_ids}
+    skipped = list({r_["image"]: r_ for r in results for r_ in r["skipped"]}.values())
+    return summarise(per_scale, ordered, skipped, model_ids, {k: first.get(k) for k in SETTINGS},
+                     sum(r.get("seconds", 0) for r in results))
 
 
 def _fmt(x, spec: str, suffix: str = "") -> str:

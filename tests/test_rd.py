@@ -206,6 +206,22 @@ def test_rd_command_writes_json_markdown_and_plots_and_skips_a_corrupt_image(
     md = (out / "rd.md").read_text()
     assert "## x2" in md and "## x4" in md and "zz_broken.png" in md
 
+    # The same x2 measurement in two shards, joined with --merge, gives the same mean curves.
+    common = ["--model", str(tiny_ckpt_path), "--qualities", "40", "60", "80", "95",
+              "--hr-qualities", "20", "40", "60", "80", "95", "--threads", "1", "--scale", "2"]
+    for k in (0, 1):
+        assert main(["rd", str(data), "--shard", f"{k}/2", "--out", str(tmp_path / f"part{k}"), *common]) == 0
+    parts = [str(tmp_path / f"part{k}" / "rd.json") for k in (0, 1)]
+    assert main(["rd", "--merge", *parts, "--out", str(tmp_path / "merged")]) == 0
+    merged = json.loads((tmp_path / "merged" / "rd.json").read_text())
+    assert merged["n_images"] == 2 and list(merged["scales"]) == ["2"]
+    assert merged["scales"]["2"]["methods"] == result["scales"]["2"]["methods"]
+    assert merged["scales"]["2"]["bd"] == result["scales"]["2"]["bd"]
+    capsys.readouterr()
+    assert main(["rd", "--merge", parts[0], parts[0], "--out", str(tmp_path / "dup")]) == 2
+    line = _error_line(capsys)
+    assert "was measured at x2 by two of the runs" in line
+
 
 def _error_line(capsys) -> str:
     err = capsys.readouterr().err
@@ -214,7 +230,7 @@ def _error_line(capsys) -> str:
     return lines[-1]
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "all_broken", "scale3", "bad_crop"])
+@pytest.mark.parametrize("case", ["missing", "empty", "all_broken", "scale3", "bad_crop", "bad_shard", "merge_missing"])
 def test_rd_bad_input_is_one_clear_line(case, tmp_path, tiny_ckpt_path, capsys):
     out = str(tmp_path / "out")
     if case == "missing":
@@ -227,8 +243,12 @@ def test_rd_bad_input_is_one_clear_line(case, tmp_path, tiny_ckpt_path, capsys):
         argv, expect = ["rd", str(data), "--scale", "2"], "none of the 1 images could be read"
     elif case == "scale3":
         argv, expect = ["rd", str(tmp_path), "--scale", "3"], "invalid choice: 3"
-    else:
+    elif case == "bad_crop":
         argv, expect = ["rd", str(tmp_path), "--scale", "2", "--crop", "4"], "--crop must be at least 16"
+    elif case == "bad_shard":
+        argv, expect = ["rd", str(tmp_path), "--scale", "2", "--shard", "2/2"], "--shard K/N needs 0 <= K < N"
+    else:
+        argv, expect = ["rd", "--merge", str(tmp_path / "none.json")], "none.json: no such file"
     rc = main([*argv, "--out", out, "--model", str(tiny_ckpt_path)])
     line = _error_line(capsys)
     assert rc == 2 and line.startswith("irn-batch: error:") and expect in line
