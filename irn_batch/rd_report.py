@@ -53,7 +53,7 @@ def compare(methods: dict[str, list[dict]]) -> tuple[list[dict], list[dict]]:
                 "test": test, "anchor": anchor,
                 "bd_rate_pct": r.value, "bd_rate_overlap_db": r.overlap, "bd_rate_points": r.points,
                 "bd_psnr_db": p.value, "bd_psnr_overlap_bpp": p.overlap, "bd_psnr_points": p.points,
-                "note": r.note or p.note,
+                "note": r.note or p.note, "bd_rate_note": r.note, "bd_psnr_note": p.note,
                 "test_ahead_bpp": wins(a, t),
             })
     for c in LOSSLESS:
@@ -143,6 +143,19 @@ def _bd_cell(row: dict) -> str:
     return f"{rate} / {psnr}"
 
 
+def _used(row: dict, kind: str) -> str:
+    """'BD-rate over a–b dB (IRN q[..], baseline q[..])', or why there is no figure."""
+    name, value, overlap, points = (("BD-rate", row["bd_rate_pct"], row["bd_rate_overlap_db"], row["bd_rate_points"])
+                                    if kind == "rate" else
+                                    ("BD-PSNR", row["bd_psnr_db"], row["bd_psnr_overlap_bpp"], row["bd_psnr_points"]))
+    if value is None:
+        return f"{name}: {row['bd_rate_note'] if kind == 'rate' else row['bd_psnr_note']}"
+    unit, spec = (" dB", ".2f") if kind == "rate" else (" bpp", ".3f")
+    qs = lambda v: ",".join(map(str, v))  # noqa: E731
+    return (f"{name} over {overlap[0]:{spec}}–{overlap[1]:{spec}}{unit} "
+            f"(IRN q{qs(points['test'])}, baseline q{qs(points['anchor'])})")
+
+
 def _ahead(row: dict) -> str:
     if row["bd_psnr_overlap_bpp"] is None and row["bd_psnr_db"] is None:
         return "–"
@@ -206,15 +219,7 @@ def markdown(result: dict) -> str:
         if sc["bd"]:
             out += ["", "Points (quality settings) each BD figure was fitted with, and the overlap it is averaged over:", ""]
             for r in sc["bd"]:
-                if r["note"]:
-                    out.append(f"- {_short(r['test'])} vs {_short(r['anchor'])}: {r['note']}")
-                    continue
-                o1, o2 = r["bd_rate_overlap_db"], r["bd_psnr_overlap_bpp"]
-                p1, p2 = r["bd_rate_points"], r["bd_psnr_points"]
-                out.append(
-                    f"- {_short(r['test'])} vs {_short(r['anchor'])}: BD-rate over {o1[0]:.2f}–{o1[1]:.2f} dB "
-                    f"(IRN q{p1['test']}, baseline q{p1['anchor']}); BD-PSNR over {o2[0]:.3f}–{o2[1]:.3f} bpp "
-                    f"(IRN q{p2['test']}, baseline q{p2['anchor']})".replace("'", ""))
+                out.append(f"- {_short(r['test'])} vs {_short(r['anchor'])}: {_used(r, 'rate')}; {_used(r, 'psnr')}")
     if result["skipped"]:
         out += ["", "Skipped:", ""] + [f"- {r['image']}: {r['error']}" for r in result["skipped"]]
     return "\n".join(out) + "\n"
