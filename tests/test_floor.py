@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from irn_batch.floor import (BF16_MARGIN_DB, DEFAULT_CANDIDATES, FloorConfigErro
                              choose_lr, first_passing, make_policy, parse_candidate)
 from irn_batch.imageio import decode_image
 from irn_batch.metrics import psnr_y
+from irn_batch.pipeline.config import IngestConfig, load_config
 from irn_batch.rescale import downscale_pixels, restore_image
 
 from pipeline_fixtures import png_bytes, smooth_image
@@ -29,10 +31,10 @@ def calm(calm_ckpt_path):
     return load_checkpoint(calm_ckpt_path)
 
 
-def brute_force(ckpt, source: bytes, cands) -> list[tuple[Encoding, int, float]]:
+def brute_force(ckpt, source: bytes, cands, seed: int = SEED) -> list[tuple[Encoding, int, float]]:
     """Every candidate stored and restored independently (restore_image on the stored bytes): (enc, bytes, dB)."""
     img = decode_image(source)
-    pixels, meta = downscale_pixels(ckpt, img, z_seed=SEED)
+    pixels, meta = downscale_pixels(ckpt, img, z_seed=seed)
     out = []
     for enc in candidates_for(cands, img.alpha is not None):
         data = write_lr(pixels, meta, enc)
@@ -133,7 +135,8 @@ def test_bf16_check_demands_a_margin(calm):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(1, 40).flatmap(lambda n: st.tuples(st.just(n), st.integers(0, n), st.none() | st.integers(0, n - 1))))
+@given(st.integers(1, 40).flatmap(
+    lambda n: st.tuples(st.just(n), st.integers(0, n), st.none() | st.integers(0, n - 1))))
 def test_first_passing_finds_the_boundary_in_few_probes(case):
     n, boundary, hint = case
     probes = []
@@ -166,6 +169,7 @@ def test_parse_candidate(spec, want):
     (dict(candidates=[{"container": "webp", "qualty": 3}]), r"unknown keys \['qualty'\]"),
     (dict(candidates=[]), r"non-empty list"),
     (dict(target_psnr=0), r"target_psnr must be a finite number of dB above 0"),
+    (dict(check_precision="fp16"), r"floor_precision must be one of fp32, bf16"),
     (dict(target_psnr=-3.0), r"target_psnr must be"),
     (dict(target_psnr=float("nan")), r"target_psnr must be"),
     (dict(fallback="delete"), r"fallback must be one of original, error"),
@@ -184,5 +188,10 @@ def test_policy_settings_and_defaults():
     assert make_policy("jpeg", 80, "4:4:4").settings == "lr=jpeg 4:4:4 q80"
     floor = make_policy(target_psnr=32, candidates=list(DEFAULT_CANDIDATES))
     assert floor.candidates == tuple(parse_candidate(c) for c in DEFAULT_CANDIDATES)
-    assert floor.settings.startswith("target_psnr=32 fallback=original candidates=")
+    assert floor.settings.startswith("target_psnr=32 fallback=original check=fp32 candidates=")
     assert make_policy(target_psnr=32.5).settings != floor.settings  # another target: another setting
+    # the job config's defaults (schema and configs/ingest.yaml) are the measured list
+    yaml = Path(__file__).resolve().parents[1] / "configs" / "ingest.yaml"
+    for cfg in (IngestConfig(), load_config(IngestConfig, yaml, ["input=a", "output=b"])):
+        assert list(cfg.lr.candidates) == list(DEFAULT_CANDIDATES) and cfg.target_psnr is None
+        assert (cfg.lr.format, cfg.lr.quality, cfg.lr.subsampling, cfg.fallback) == ("png", None, "4:2:0", "original")
