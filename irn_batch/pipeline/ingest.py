@@ -11,14 +11,13 @@ driver writes in parts as they arrive.
 """
 from __future__ import annotations
 
+import posixpath
 import time
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-
-import posixpath
 
 from irn_batch.floor import FloorError, StoragePolicy, make_policy
 from irn_batch.manifest import INGEST_SCHEMA, MANIFEST_DIR, ManifestWriter, empty_row, latest_table, new_job_id
@@ -75,8 +74,8 @@ class IngestActor:
         return to_table([self.one(r) for r in batch.to_pylist()], INGEST_SCHEMA)
 
     def one(self, rec: dict[str, Any]) -> dict[str, Any]:
-        from irn_batch.imageio import decode_image
         from irn_batch.floor import choose_lr
+        from irn_batch.imageio import decode_image
         from irn_batch.rescale import content_seed, downscale_image
 
         row = empty_row(INGEST_SCHEMA, job_id=self.job_id, key=rec["key"], source_uri=rec["source_uri"],
@@ -112,8 +111,8 @@ class IngestActor:
                 lr, enc = stored.data, stored.encoding
                 self.hint = enc or self.hint
                 suffix = source_suffix(rec["key"]) if enc is None else enc.suffix
-                row.update(lr_container=stored.container, lr_quality=enc and enc.quality,
-                           lr_subsampling=enc and enc.subsampling, restore_psnr=stored.restore_psnr,
+                row.update(lr_container=stored.container, lr_quality=None if enc is None else enc.quality,
+                           lr_subsampling=None if enc is None else enc.subsampling, restore_psnr=stored.restore_psnr,
                            fell_back=stored.fell_back, floor_restores=stored.restores)
             row.update(z_seed=seed, lr_settings=policy.settings, model_s=time.perf_counter() - t1)
             stage, t2 = "write", time.perf_counter()
