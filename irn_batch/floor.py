@@ -9,10 +9,12 @@ cheapest one whose restore reaches the target. Y-PSNR follows the IRN paper's pr
 the decoded original (``imageio.decode_image``).
 
 Search: restored PSNR is assumed to rise with the bytes of the candidates (true of one codec over its
-quality range; the default candidates were measured to keep it on the validation photos). The first
-restore is of the candidate ``hint`` names (the pipeline passes the previous image's choice), the second
-of its neighbour towards the answer, then bisection: a typical image needs 2 restores, at most
-about log2(n) + 2. Whatever the order, the stored candidate's restore was measured to reach the target.
+quality range; the default candidates were measured to keep it on the validation photos), so the answer is
+a boundary in the byte-ordered list, found by probes. ``prior`` (the pipeline passes how often each
+candidate was chosen for the images before) shapes the probe order: the search tree with the fewest
+expected restores for those frequencies (plus one each), so the likeliest candidates are tried first;
+without a prior it is bisection (log2(n + 1) restores, rounded up). Whatever the order, the stored
+candidate's restore was measured to reach the target.
 
 When no candidate reaches the target the source bytes are kept unchanged (``fallback="original"``;
 restore then returns them byte for byte) or ``FloorError`` names the best PSNR reached
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from irn_batch.checkpoint import Checkpoint
 from irn_batch.container import LR_CONTAINERS, ContainerError, Encoding, LRMeta, avif_available, read_lr, write_lr
@@ -190,22 +192,37 @@ def psnr_crop(scale: int, width: int, height: int) -> int:
     return max(0, min(scale, (min(width, height) - 1) // 2))
 
 
-def first_passing(n: int, passes, hint: int | None = None) -> int:
+def first_passing(n: int, passes, weights: Sequence[float] | None = None) -> int:
     """Smallest i in [0, n) with ``passes(i)``, assuming passes is monotone (False...False True...True);
-    n when none does. Probes ``hint`` first (default: the middle), then its neighbour, then bisects."""
+    n when none does.
+
+    ``weights``: n + 1 positive likelihoods of the answers 0..n (default: equal, which gives bisection). The
+    probes follow the binary search tree with the least expected number of probes for them (Knuth's
+    optimal alphabetic tree by dynamic programming; O(n^3), n is a handful of candidates).
+    """
+    w = [1.0] * (n + 1) if weights is None else [float(x) for x in weights]
+    if len(w) != n + 1 or min(w) <= 0:
+        raise ValueError(f"need {n + 1} positive weights, got {weights!r}")
+    acc = [0.0]
+    for x in w:
+        acc.append(acc[-1] + x)
+    # cost[lo][hi]: least expected probes (times the weight) when the answer lies in lo..hi
+    cost = [[0.0] * (n + 1) for _ in range(n + 1)]
+    root = [[0] * (n + 1) for _ in range(n + 1)]
+    for size in range(1, n + 1):
+        for lo in range(0, n + 1 - size):
+            hi = lo + size
+            # probe i: a pass leaves lo..i, a failure i+1..hi; ties go to the middle
+            best = min(range(lo, hi), key=lambda i: (cost[lo][i] + cost[i + 1][hi], abs(2 * i + 1 - lo - hi)))
+            cost[lo][hi] = acc[hi + 1] - acc[lo] + cost[lo][best] + cost[best + 1][hi]
+            root[lo][hi] = best
     lo, hi = 0, n
-    probe = n // 2 if hint is None else min(max(int(hint), 0), n - 1)
-    first = True
     while lo < hi:
-        ok = passes(probe)
-        if ok:
-            hi = probe
+        i = root[lo][hi]
+        if passes(i):
+            hi = i
         else:
-            lo = probe + 1
-        if lo >= hi:
-            break
-        probe = (probe - 1 if ok else probe + 1) if first else (lo + hi) // 2
-        first = False
+            lo = i + 1
     return lo
 
 
@@ -221,7 +238,7 @@ def choose_lr(
     tile: int | None = None,
     precision: str = "fp32",
     check_precision: str | None = None,
-    hint: Encoding | None = None,
+    prior: Mapping[Encoding | None, float] | None = None,
 ) -> StoredLR:
     """Store one image as the cheapest candidate whose restore reaches ``target_psnr`` (Y-PSNR, dB).
 
@@ -230,8 +247,8 @@ def choose_lr(
     restored. Raises FloorError when none reaches the target with ``fallback="error"``, ValueError for an
     unknown fallback; decoding or model errors propagate. ``precision`` is the downscale's;
     ``check_precision`` (default: the same) the check restores', where bf16 demands ``BF16_MARGIN_DB`` more.
-    ``hint``: the candidate to restore first (the likeliest; any choice gives the same answer when PSNR
-    rises with bytes).
+    ``prior``: how often each candidate (None: the source kept) was stored for earlier images; the likeliest
+    are restored first. It never changes the answer when PSNR rises with bytes.
     """
     if fallback not in FALLBACKS:
         raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
@@ -252,8 +269,9 @@ def choose_lr(
         tried.append((enc.label, len(data), psnrs[i]))
         return psnrs[i] >= need
 
-    start = next((i for i, (e, _) in enumerate(small) if e == hint), None) if hint is not None else None
-    i = first_passing(len(small), passes, start) if small else 0
+    prior = prior or {}
+    weights = [prior.get(enc, 0) + 1.0 for enc, _ in small] + [prior.get(None, 0) + 1.0]
+    i = first_passing(len(small), passes, weights) if small else 0
     best = max(psnrs.values()) if psnrs else None
     if i < len(small):
         enc, data = small[i]

@@ -62,14 +62,17 @@ def test_stored_candidate_reaches_target_and_is_the_cheapest_that_does(calm):
     assert lossy, f"no target separates a lossy candidate: {points}"  # the test needs one to mean anything
     img = decode_image(source)
     for target, cheapest in cases:
-        for hint in (None, *CANDS):  # the first candidate tried never changes the answer
-            stored = choose_lr(calm, img, source, z_seed=SEED, target_psnr=target, candidates=CANDS, hint=hint)
+        for likely in (None, *CANDS):  # the order of the restores never changes the answer
+            prior = None if likely is None else {likely: 50}
+            stored = choose_lr(calm, img, source, z_seed=SEED, target_psnr=target, candidates=CANDS, prior=prior)
             assert stored.encoding == cheapest and not stored.fell_back
             # re-measured independently from the stored file, through the restore job's function
             again = psnr_y(restore_image(calm, stored.data)[..., :3], img.rgb, crop=2)
             assert again >= target and again == pytest.approx(stored.restore_psnr, abs=1e-9)
             assert stored.best_psnr >= stored.restore_psnr and stored.restores == len(stored.tried)
-            assert stored.restores <= (2 if hint == cheapest else math.ceil(math.log2(len(CANDS) + 1)) + 2)
+            # bisection without a prior; the likely answer confirmed in at most two restores
+            assert stored.restores <= (math.ceil(math.log2(len(CANDS) + 1)) if likely is None
+                                       else 2 if likely == cheapest else len(CANDS))
 
 
 def test_noise_falls_back_to_the_source_or_errors_with_the_best_psnr(calm):
@@ -134,11 +137,13 @@ def test_bf16_check_demands_a_margin(calm):
     assert psnr_y(restore_image(calm, checked.data)[..., :3], img.rgb, crop=2) >= target
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.integers(1, 40).flatmap(
-    lambda n: st.tuples(st.just(n), st.integers(0, n), st.none() | st.integers(0, n - 1))))
-def test_first_passing_finds_the_boundary_in_few_probes(case):
-    n, boundary, hint = case
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 12).flatmap(lambda n: st.tuples(
+    st.just(n), st.integers(0, n),
+    st.none() | st.lists(st.floats(0.01, 100.0), min_size=n + 1, max_size=n + 1),
+    st.integers(0, n))))
+def test_first_passing_finds_the_boundary(case):
+    n, boundary, weights, likely = case
     probes = []
 
     def passes(i):
@@ -146,10 +151,23 @@ def test_first_passing_finds_the_boundary_in_few_probes(case):
         probes.append(i)
         return i >= boundary
 
-    assert first_passing(n, passes, hint) == boundary
-    assert len(probes) <= math.ceil(math.log2(n + 1)) + 2
-    if hint is not None and boundary in (hint, hint + 1) and 0 < boundary < n:
-        assert len(probes) == 2  # the likeliest guess right: two restores
+    assert first_passing(n, passes, weights) == boundary
+    if weights is None:  # bisection
+        assert len(probes) <= math.ceil(math.log2(n + 1))
+    probes.clear()
+    # nearly all the weight on one answer: that answer is confirmed in at most two probes
+    peaked = [1.0] * (n + 1)
+    peaked[likely] = 1000.0
+    assert first_passing(n, lambda i: passes(i) or False, peaked) == boundary
+    if boundary == likely:
+        assert len(probes) <= 2
+
+
+def test_first_passing_needs_one_positive_weight_per_answer():
+    with pytest.raises(ValueError, match="need 4 positive weights"):
+        first_passing(3, lambda i: True, [1.0, 1.0])
+    with pytest.raises(ValueError):
+        first_passing(3, lambda i: True, [1.0, 0.0, 1.0, 1.0])
 
 
 @pytest.mark.parametrize("spec, want", [

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import posixpath
 import time
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -68,7 +69,7 @@ class IngestActor:
         self.ckpt = actor_model(ckpt_bytes, cfg.actors)
         self.cfg, self.job_id = cfg, job_id
         self.policy = storage_policy(cfg)
-        self.hint = None  # the floor's last choice: the likeliest candidate for the next image
+        self.chosen: Counter = Counter()  # the floor's choices so far: the likeliest for the next image
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return to_table([self.one(r) for r in batch.to_pylist()], INGEST_SCHEMA)
@@ -107,9 +108,9 @@ class IngestActor:
                 stage = "floor"
                 stored = choose_lr(self.ckpt, img, data, z_seed=seed, target_psnr=policy.target_psnr,
                                    candidates=policy.candidates, fallback=policy.fallback, tile=ac.tile,
-                                   precision=ac.precision, check_precision=policy.check_precision, hint=self.hint)
+                                   precision=ac.precision, check_precision=policy.check_precision, prior=self.chosen)
                 lr, enc = stored.data, stored.encoding
-                self.hint = enc or self.hint
+                self.chosen[enc] += 1
                 suffix = source_suffix(rec["key"]) if enc is None else enc.suffix
                 row.update(lr_container=stored.container, lr_quality=None if enc is None else enc.quality,
                            lr_subsampling=None if enc is None else enc.subsampling, restore_psnr=stored.restore_psnr,
