@@ -6,7 +6,8 @@ by their actual bytes, and restores candidates through ``rescale.restore_pixels`
 code path, at the checkpoint's default temperature and the recorded z seed — until it has found the
 cheapest one whose restore reaches the target. Y-PSNR follows the IRN paper's protocol
 (``metrics.psnr_y``, BT.601 Y, ``crop`` = scale border pixels, less for images too small for it) against
-the decoded original (``imageio.decode_image``).
+the decoded original (``imageio.decode_image``). A restore job with the same ``tile`` and precision
+(both default) gives exactly the measured pixels; other tile sizes differ by a rounding step.
 
 Search: restored PSNR is assumed to rise with the bytes of the candidates (true of one codec over its
 quality range; the default candidates were measured to keep it on the validation photos), so the answer is
@@ -278,7 +279,7 @@ def choose_lr(
         return StoredLR(data, enc, meta, psnrs[i], best, len(tried), tried=tried)
     best_label = next((lbl for lbl, _, p in tried if p == best), None)
     best_txt = f"{best:.2f} dB ({best_label})" if best is not None else "none restored"
-    if len(small) == len(encoded):  # every candidate was tried and none reached the target
+    if len(small) == len(encoded):  # no candidate was too large, and none reaches the target
         reason = f"no candidate reaches target_psnr {target_psnr:g} dB: best {best_txt}"
         if fallback == "error":
             raise FloorError(reason)
