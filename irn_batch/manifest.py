@@ -52,6 +52,16 @@ INGEST_SCHEMA = pa.schema(
         ("error_kind", pa.string()),
         # what identified the source's version when it was listed (S3: ETag; local: mtime_ns:<ns>)
         ("source_version", pa.string()),
+        # how the LR is stored (issue 8): container ("original" = the source bytes kept), quality and
+        # subsampling; the restore's Y-PSNR (dB) measured by the quality floor (inf for the source kept);
+        # the ingest settings that shaped the stored bytes (a rerun with others redoes the image)
+        ("lr_container", pa.string()),
+        ("lr_quality", pa.int64()),
+        ("lr_subsampling", pa.string()),
+        ("restore_psnr", pa.float64()),
+        ("fell_back", pa.bool_()),
+        ("lr_settings", pa.string()),
+        ("floor_restores", pa.int64()),
     ]
 )
 

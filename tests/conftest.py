@@ -83,3 +83,12 @@ def tiny_ckpt(tiny_ckpt_path: Path) -> Checkpoint:
 def samples_dir() -> Path:
     """The sample images bundled with the package."""
     return Path(str(resources.files("irn_batch") / "samples"))
+
+
+@pytest.fixture(scope="session")
+def calm_ckpt_path(ckpt_dir: Path) -> Path:
+    """The tiny x2 weights with default temperature 0: a restore then follows the LR, not z noise, so a
+    better LR container restores measurably better (what the quality-floor tests need)."""
+    path = ckpt_dir / "calm_x2.safetensors"
+    save_checkpoint(random_irn(2, seed=0), path, default_temperature=0.0, extra={"source": "tests"})
+    return path

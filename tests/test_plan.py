@@ -31,7 +31,7 @@ def _plan(tmp_path, keys, previous=(), *extra):
 def test_keys_are_named_and_clashes_go_to_the_first_input(tmp_path):
     items, left = _plan(tmp_path, ["a.png", "sub/b.jpg", "a.jpg", "../up.png"])
     assert list(items) == ["a.png", "sub/b.jpg", "a.jpg", "../up.png"] and not left
-    assert items["sub/b.jpg"]["lr_uri"] == f"{tmp_path}/lr/sub/b.png"
+    assert items["sub/b.jpg"]["lr_uri"] == f"{tmp_path}/lr/sub/b"  # the LR stem: the actor adds the suffix
     assert items["sub/b.jpg"]["source_uri"] == f"{tmp_path}/in/sub/b.jpg" and items["a.png"]["pre_error"] is None
     assert "already used by input 'a.png'" in items["a.jpg"]["pre_error"] and items["a.jpg"]["lr_uri"] is None
     assert items["../up.png"]["pre_error"].startswith("key: ") and items["../up.png"]["lr_uri"] is None

@@ -282,6 +282,7 @@ class Summary:
     pixels: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    fell_back: int = 0  # ingest: images whose source bytes were kept (quality floor not met by any candidate)
     started: float = field(default_factory=time.monotonic)
     wall_s: float = 0.0
     errors: list[str] = field(default_factory=list)
@@ -294,6 +295,7 @@ class Summary:
             self.pixels += int(row.get("width") or 0) * int(row.get("height") or 0)
             self.bytes_in += int(bytes_in or 0)
             self.bytes_out += int(bytes_out or 0)
+            self.fell_back += bool(row.get("fell_back"))
         elif row["status"] == "skipped":
             self.skipped += 1
         else:
@@ -321,9 +323,11 @@ class Summary:
             "megapixels": round(mp, 4), "mp_per_s": round(mp / self.wall_s, 4) if self.wall_s else None,
             "images_per_s": round(self.ok / self.wall_s, 4) if self.wall_s else None,
             "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
-            # only an ingest saves storage; a restore's "out" is the rebuilt HR
-            "storage_saved": round(1 - self.bytes_out / self.bytes_in, 4)
-            if self.bytes_in and self.kind == "ingest" else None,
+            # ingest: bytes stored over the bytes of the originals, as measured (no claim beyond it);
+            # a restore's "out" is the rebuilt HR
+            "stored_ratio": round(self.bytes_out / self.bytes_in, 4) if self.bytes_in and self.kind == "ingest"
+            else None,
+            "fell_back": self.fell_back if self.kind == "ingest" else None,
             "wall_s": round(self.wall_s, 3),
             **{k: v for k, v in (("left_out", self.left_out), ("no_output", self.no_output)) if v is not None},
         }
@@ -333,9 +337,15 @@ class Summary:
         d = self.as_dict()
         print(f"== {self.kind} summary ==", file=file)
         for k in ("total", "ok", "error", "skipped", "megapixels", "mp_per_s", "images_per_s", "bytes_in",
-                  "bytes_out", "storage_saved", "wall_s", "left_out", "no_output"):
+                  "bytes_out", "wall_s", "left_out", "no_output"):
             if k in d:
                 print(f"  {k:<14} {d[k]}", file=file)
+        if self.kind == "ingest":
+            ratio = "n/a" if d["stored_ratio"] is None else f"{d['stored_ratio']:.3f}"
+            print(f"  {'stored':<14} {self.bytes_out} bytes for {self.bytes_in} bytes of originals (ratio {ratio}; "
+                  "ok images of this job)", file=file)
+            print(f"  {'fell_back':<14} {self.fell_back} (source bytes kept: no LR candidate met target_psnr)",
+                  file=file)
         for line in self.errors[:50]:
             print(f"  error  {line}", file=file)
         if len(self.errors) > 50:

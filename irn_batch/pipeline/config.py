@@ -31,6 +31,22 @@ class ActorConfig:
     retries: int = 2  # tries again on a fresh actor when the actor process dies mid-batch
 
 
+# Ingest's quality-floor candidates, smallest first (irn_batch.floor.DEFAULT_CANDIDATES, measured).
+DEFAULT_LR_CANDIDATES = ["avif:60:4:4:4", "avif:75:4:4:4", "avif:85:4:4:4", "avif:90:4:4:4", "avif:95:4:4:4",
+                         "avif:98:4:4:4", "webp:100"]
+
+
+@dataclass
+class LRConfig:
+    """How ingest stores each LR (irn_batch.container / irn_batch.floor)."""
+
+    format: str = "png"  # without target_psnr: png | webp | jpeg | avif (JPEG + alpha is stored as WebP)
+    quality: Optional[int] = None  # lossy containers; None -> the container's default
+    subsampling: str = "4:2:0"  # jpeg and avif
+    # with target_psnr: "container:quality[:subsampling]" strings (or dicts), nominally smallest first
+    candidates: list[Any] = field(default_factory=lambda: list(DEFAULT_LR_CANDIDATES))
+
+
 @dataclass
 class IngestConfig:
     input: str = "???"
@@ -53,6 +69,10 @@ class IngestConfig:
     actors: ActorConfig = field(default_factory=ActorConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    lr: LRConfig = field(default_factory=LRConfig)
+    target_psnr: Optional[float] = None  # Y-PSNR floor (dB) each restore must reach; None -> lr.format as is
+    fallback: str = "original"  # when no candidate reaches target_psnr: original (keep the source) | error
+    floor_precision: Optional[str] = None  # the floor's check restores: fp32 | bf16; None -> actors.precision
 
 
 @dataclass

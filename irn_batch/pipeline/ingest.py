@@ -1,4 +1,9 @@
-"""Bulk ingest: HR images under a prefix -> 8-bit LR PNGs mirroring their keys + a Parquet manifest.
+"""Bulk ingest: HR images under a prefix -> 8-bit LR files mirroring their keys + a Parquet manifest.
+
+Each LR is stored in ``lr.format`` (PNG by default; the key's suffix follows the container: a.jpg -> a.webp)
+or, with ``target_psnr``, as the cheapest of ``lr.candidates`` whose restore reaches it
+(``irn_batch.floor``); an image no candidate serves keeps its source bytes under its own key
+(``lr_container`` "original", ``fell_back``) or becomes an error row (``fallback=error``).
 
 Stream: (key, uri) items -> read stage (bytes, per record) -> pool of model actors (decode, downscale,
 atomic write of the LR; only raw bytes travel through the object store) -> small manifest rows that the
@@ -6,6 +11,8 @@ driver writes in parts as they arrive.
 """
 from __future__ import annotations
 
+import posixpath
+import re
 import time
 from collections import Counter
 from typing import Any, Callable, NamedTuple
@@ -14,13 +21,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from irn_batch.floor import FloorError, StoragePolicy, make_policy
 from irn_batch.manifest import INGEST_SCHEMA, MANIFEST_DIR, ManifestWriter, empty_row, latest_table, new_job_id
 from irn_batch.manifest import read_manifest, to_table
 from irn_batch.pipeline.common import Summary, load_model_bytes
 from irn_batch.pipeline.common import actor_model, all_true, check_outputs, finish_job, record_stream, stream_rows
 from irn_batch.pipeline.config import IngestConfig
 from irn_batch.pipeline.read import INPUT, TRANSIENT, one_line
-from irn_batch.storage import Listing, StorageError, derived_key, join_key, list_objects, open_fs
+from irn_batch.storage import IMAGE_SUFFIXES, Listing, StorageError, derived_key, join_key, list_objects, open_fs
 from irn_batch.storage import StorageUnavailable, open_uri, output_key, sha256_hex, stat_objects, to_uri
 from irn_batch.storage import with_retry
 
@@ -30,10 +38,15 @@ ITEM_SCHEMA = pa.schema([(n, pa.string()) for n in
 
 
 PLAN_COLUMNS = ["source_uri", "lr_uri", "lr_sha256", "model_id", "status", "error", "key", "finished_at",
-                "source_bytes", "source_version", "error_kind"]
+                "source_bytes", "source_version", "error_kind", "lr_settings"]
 
 # error messages of manifests written before error_kind existed that a plain rerun retries
 _OLD_TRANSIENT = ("read:", "write:", "worker:")
+# An earlier ingest without lr_settings stored PNG LRs: the settings string of that behaviour.
+LEGACY_SETTINGS = StoragePolicy().settings
+# The suffix an object under the output prefix has beyond its LR stem: the LR container's, or the source
+# key's own for a source kept unchanged (see lr_stem).
+_STORED_SUFFIX = "(?i)(" + "|".join(re.escape(sfx) for sfx in IMAGE_SUFFIXES) + ")$"
 
 
 class IngestPlan(NamedTuple):
@@ -48,17 +61,38 @@ class IngestPlan(NamedTuple):
     listing: Listing
 
 
+def storage_policy(cfg: IngestConfig) -> StoragePolicy:
+    """The validated ``lr.*``, ``target_psnr`` and ``fallback`` settings; FloorConfigError (one line) if bad."""
+    return make_policy(cfg.lr.format, cfg.lr.quality, cfg.lr.subsampling, list(cfg.lr.candidates),
+                       cfg.target_psnr, cfg.fallback, cfg.floor_precision or cfg.actors.precision)
+
+
+def lr_stem(key: str) -> str:
+    """A key without its image suffix ('a/b.jpg' -> 'a/b'): the LR object is the stem plus its container's
+    suffix, a source kept unchanged is the stem plus its own suffix (i.e. the source key)."""
+    return derived_key(key, "")
+
+
+def source_suffix(key: str) -> str:
+    """The suffix ``lr_stem`` removed from ``key`` ('' when none)."""
+    suffix = posixpath.splitext(key)[1]
+    return suffix if suffix.lower() in IMAGE_SUFFIXES else ""
+
+
 class IngestActor:
     """Holds one IRN on its device; turns (key, bytes) records into LR objects and manifest rows."""
 
     def __init__(self, ckpt_bytes: bytes, cfg: IngestConfig, job_id: str):
         self.ckpt = actor_model(ckpt_bytes, cfg.actors)
         self.cfg, self.job_id = cfg, job_id
+        self.policy = storage_policy(cfg)
+        self.chosen: Counter = Counter()  # the floor's choices so far: the likeliest for the next image
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return to_table([self.one(r) for r in batch.to_pylist()], INGEST_SCHEMA)
 
     def one(self, rec: dict[str, Any]) -> dict[str, Any]:
+        from irn_batch.floor import choose_lr
         from irn_batch.imageio import decode_image
         from irn_batch.rescale import content_seed, downscale_image
 
@@ -67,7 +101,8 @@ class IngestActor:
                         read_s=rec["read_s"], source_version=rec.get("source_version"))
         t0 = time.perf_counter()
         if rec["skip"]:  # a receipt: this job found the earlier ok LR intact (same object, same sha256)
-            row.update(status="skipped", lr_sha256=rec["check_sha"], total_s=rec["read_s"], finished_at=time.time())
+            row.update(status="skipped", lr_uri=rec["check_uri"], lr_sha256=rec["check_sha"], total_s=rec["read_s"],
+                       finished_at=time.time())
             return row
         data = rec["data"]
         if rec["pre_error"] is not None or data is None:
@@ -79,16 +114,35 @@ class IngestActor:
             row.update(width=img.width, height=img.height, mode=img.mode, colour=img.colour,
                        decode_s=time.perf_counter() - t0)
             stage, t1 = "downscale", time.perf_counter()
-            seed = content_seed(data)
-            png, _meta = downscale_image(self.ckpt, img, z_seed=seed, tile=self.cfg.actors.tile,
-                                         precision=self.cfg.actors.precision)
-            row.update(z_seed=seed, model_s=time.perf_counter() - t1)
+            seed, policy, ac = content_seed(data), self.policy, self.cfg.actors
+            if policy.target_psnr is None:
+                enc = policy.fixed.for_alpha(img.alpha is not None)
+                lr, _meta = downscale_image(self.ckpt, img, z_seed=seed, tile=ac.tile, precision=ac.precision,
+                                            encoding=enc)
+                suffix = enc.suffix
+                row.update(lr_container=enc.container, lr_quality=enc.quality, lr_subsampling=enc.subsampling,
+                           fell_back=False)
+            else:
+                stage = "floor"
+                stored = choose_lr(self.ckpt, img, data, z_seed=seed, target_psnr=policy.target_psnr,
+                                   candidates=policy.candidates, fallback=policy.fallback, tile=ac.tile,
+                                   precision=ac.precision, check_precision=policy.check_precision, prior=self.chosen)
+                lr, enc = stored.data, stored.encoding
+                self.chosen[enc] += 1
+                suffix = source_suffix(rec["key"]) if enc is None else enc.suffix
+                row.update(lr_container=stored.container, lr_quality=None if enc is None else enc.quality,
+                           lr_subsampling=None if enc is None else enc.subsampling, restore_psnr=stored.restore_psnr,
+                           fell_back=stored.fell_back, floor_restores=stored.restores)
+            row.update(z_seed=seed, lr_settings=policy.settings, model_s=time.perf_counter() - t1)
             stage, t2 = "write", time.perf_counter()
-            fs, path = open_uri(rec["lr_uri"], self.cfg.storage)
+            lr_uri = rec["lr_uri"] + suffix  # the plan's LR stem + the stored container's suffix
+            fs, path = open_uri(lr_uri, self.cfg.storage)
             from irn_batch.storage import atomic_write
 
-            atomic_write(fs, path, png)
-            row.update(lr_bytes=len(png), lr_sha256=sha256_hex(png), write_s=time.perf_counter() - t2)
+            atomic_write(fs, path, lr)
+            row.update(lr_uri=lr_uri, lr_bytes=len(lr), lr_sha256=sha256_hex(lr), write_s=time.perf_counter() - t2)
+        except FloorError as e:  # no candidate reaches target_psnr and fallback=error
+            return self._error(row, f"floor: {e}", t0, INPUT)
         except Exception as e:  # any failure on one image becomes that image's error row
             # the file's own fault unless storage (the write) or the machine (memory) failed
             kind = TRANSIENT if stage == "write" or isinstance(e, MemoryError) else INPUT
@@ -143,7 +197,7 @@ def left_out_counts(keys: list[str]) -> str:
     return ", ".join(f"{n} {'.' + s if s else 'without a suffix'}" for s, n in counts.most_common())
 
 
-def plan(cfg: IngestConfig, model_id: str) -> IngestPlan:
+def plan(cfg: IngestConfig, model_id: str, settings: str = LEGACY_SETTINGS) -> IngestPlan:
     """What this run does: the work items, the earlier input errors left alone, and what was left out.
 
     Source keys are opaque: each is read at its listed path (``source_uri``, read with ``open_uri``), and
@@ -152,6 +206,9 @@ def plan(cfg: IngestConfig, model_id: str) -> IngestPlan:
     when its LR is intact) only when its latest attempt was ``ok`` with this model, and its source has the
     listed size and version that attempt recorded; an input whose latest attempt was an error of the input
     itself is left alone unless ``retry_errors`` (or its source changed); transient errors are redone.
+
+    An item's ``lr_uri`` is its LR stem (the actor adds the stored container's suffix); an earlier ok LR of
+    the same stem, model and storage ``settings`` is marked to be checked (``check_uri``) instead of redone.
 
     Built column by column in Arrow: the driver keeps a few hundred bytes per input, not a dict per input
     (``benchmarks/bench_plan.py`` measures the peak).
@@ -169,11 +226,12 @@ def plan(cfg: IngestConfig, model_id: str) -> IngestPlan:
             if not _utf8(key):  # a local name that is not UTF-8: Arrow and object stores need UTF-8
                 key, src = _shown(key), _shown(src)
                 raise StorageError("the name is not valid UTF-8 (shown with \\x escapes); rename the file")
-            lr_key = derived_key(output_key(key), ".png")
-            if lr_key.split("/", 1)[0] == MANIFEST_DIR:
+            k = output_key(key)
+            lr_key = lr_stem(k)
+            if MANIFEST_DIR in (k.split("/", 1)[0], lr_key):
                 raise StorageError(f"key {key!r} would write into the manifest folder")
             lr = to_uri(fs_out, join_key(out_path, lr_key))
-            # two inputs with one LR key (a.jpg, a.png; NFC and NFD forms of one name): the first keeps it
+            # two inputs with one LR stem (a.jpg, a.png; NFC and NFD forms of one name): the first keeps it
             if lr in owners:
                 raise StorageError(f"its LR object {lr} is already used by input {owners[lr]!r}")
             owners[lr] = key
@@ -193,23 +251,25 @@ def plan(cfg: IngestConfig, model_id: str) -> IngestPlan:
     listing.keys, listing.sizes, listing.versions = [], [], []
     previous = latest_table(read_manifest(fs_m, m_path, columns=PLAN_COLUMNS), "source_uri")
     previous = previous.select(["source_uri", "lr_uri", "lr_sha256", "model_id", "status", "error", "source_bytes",
-                                "source_version", "error_kind"])
+                                "source_version", "error_kind", "lr_settings"])
     previous = previous.rename_columns(["source_uri", "prev_lr_uri", "prev_sha", "prev_model", "prev_status",
-                                        "prev_error", "prev_bytes", "prev_version", "prev_kind"])
+                                        "prev_error", "prev_bytes", "prev_version", "prev_kind", "prev_settings"])
     t = t.join(previous, "source_uri", join_type="left outer").sort_by("i")
     fresh = pc.is_null(t["pre_error"])
     # the source changed since that attempt: another listed version or size than it recorded
     changed = pc.or_(all_true(pc.not_equal(t["prev_version"], t["source_version"])),
                      all_true(pc.not_equal(t["prev_bytes"], t["size"])))
-    intact = all_true(fresh, pc.equal(t["prev_status"], "ok"), pc.equal(t["prev_lr_uri"], t["lr_uri"]),
-                      pc.equal(t["prev_model"], model_id), pc.invert(changed))
+    prev_stem = pc.replace_substring_regex(t["prev_lr_uri"], _STORED_SUFFIX, "")
+    intact = all_true(fresh, pc.equal(t["prev_status"], "ok"), pc.equal(prev_stem, t["lr_uri"]),
+                      pc.equal(t["prev_model"], model_id),
+                      pc.equal(pc.fill_null(t["prev_settings"], LEGACY_SETTINGS), settings), pc.invert(changed))
     # rows written before error_kind existed: storage and lost-worker errors count as transient
     old_transient = pc.fill_null(_any_prefix(t["prev_error"], _OLD_TRANSIENT), False)
     kind = pc.coalesce(t["prev_kind"], pc.if_else(old_transient, pa.scalar(TRANSIENT), pa.scalar(INPUT)))
     t = t.set_column(t.column_names.index("prev_kind"), "prev_kind", kind)
     left_alone = all_true(fresh, pc.equal(t["prev_status"], "error"), pc.equal(kind, INPUT), pc.invert(changed),
                           pa.scalar(not cfg.retry_errors))
-    t = t.append_column("check_uri", pc.if_else(intact, t["lr_uri"], pa.scalar(None, pa.string())))
+    t = t.append_column("check_uri", pc.if_else(intact, t["prev_lr_uri"], pa.scalar(None, pa.string())))
     t = t.append_column("check_sha", pc.if_else(intact, t["prev_sha"], pa.scalar(None, pa.string())))
     left = t.filter(left_alone).select(["key", "source_uri", "prev_error", "prev_kind", "source_version"])
     items = t.filter(pc.invert(left_alone)).select(ITEM_SCHEMA.names).cast(ITEM_SCHEMA)
@@ -273,15 +333,16 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
 
     With ``dry_run`` only the plan is printed (:func:`print_plan`); nothing is read, written or started.
     """
+    policy = storage_policy(cfg)  # a bad setting fails here, in one line, before any work
     ckpt_bytes, ckpt = load_model_bytes(cfg.model, cfg.scale, cfg.storage)
     model_id, scale = ckpt.model_id, ckpt.model.scale
-    p = plan(cfg, model_id)
+    p = plan(cfg, model_id, policy.settings)
     items, left, manifest_dir, job_id = p.items, p.left, p.manifest_dir, p.job_id
     if cfg.dry_run:
         return print_plan(p, cfg, log)
     check_outputs(cfg)  # fail before working: the output and manifest folder take a probe object
-    log(f"ingest {job_id}: {items.num_rows} inputs to check/process, model {model_id} (x{scale}); "
-        f"{left.num_rows} earlier input errors not retried (retry_errors=true to retry); "
+    log(f"ingest {job_id}: {items.num_rows} inputs to check/process, model {model_id} (x{scale}), "
+        f"{policy.settings}; {left.num_rows} earlier input errors not retried (retry_errors=true to retry); "
         f"{len(p.listing.left_out)} objects left out by include/exclude"
         f"{' (' + left_out_counts(p.listing.left_out) + '; dry_run=true lists them)' if p.listing.left_out else ''}")
     summary = Summary("ingest", total=items.num_rows + left.num_rows, left_out=len(p.listing.left_out))

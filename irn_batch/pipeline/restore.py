@@ -1,5 +1,9 @@
 """On-demand restore: LR files (any LR container; from a manifest or an LR prefix) -> HR images at their original size.
 
+An ingest row that kept its source bytes (``fell_back``: the quality floor was not met) is restored by
+copying those bytes unchanged to the output under the source's own key (a.jpg -> <output>/a.jpg): the
+restore returns the original byte for byte, whatever ``format`` says.
+
 Same stream shape as ingest: items -> read stage (LR bytes) -> model actors (checksum, model id, restore
 with the recorded z seed, encode, atomic write) -> restore-manifest rows written by the driver.
 
@@ -31,10 +35,11 @@ from irn_batch.storage import sha256_hex, to_uri
 ITEM_SCHEMA = pa.schema([("key", pa.string()), ("lr_uri", pa.string()), ("out_uri", pa.string()),
                          ("lr_sha256", pa.string()), ("model_id", pa.string()), ("z_seed", pa.int64()),
                          ("width", pa.int64()), ("height", pa.int64()), ("check_uri", pa.string()),
-                         ("check_sha", pa.string()), ("pre_error", pa.string())])
+                         ("check_sha", pa.string()), ("pre_error", pa.string()), ("fell_back", pa.bool_())])
 
 
-PLAN_COLUMNS = ["key", "lr_uri", "lr_sha256", "model_id", "z_seed", "width", "height"]  # from the ingest manifest
+# from the ingest manifest
+PLAN_COLUMNS = ["key", "lr_uri", "lr_sha256", "model_id", "z_seed", "width", "height", "fell_back"]
 # from this output's own (restore) manifest, to find work already done
 DONE_COLUMNS = ["key", "out_uri", "out_sha256", "lr_sha256", "model_id", "settings", "status", "finished_at"]
 
@@ -96,6 +101,14 @@ class RestoreActor:
                 raise StorageError(f"LR checksum mismatch: manifest has {rec['lr_sha256'][:16]}..., "
                                    f"object has {got[:16]}... (modified or corrupt)")
             row.update(lr_sha256=got, lr_bytes=len(data))
+            if rec["fell_back"]:  # the source bytes, kept by ingest: returned unchanged
+                stage, t1 = "write", time.perf_counter()
+                fs, path = open_fs(rec["out_uri"], cfg.storage)
+                atomic_write(fs, path, data)
+                row.update(width=rec["width"], height=rec["height"], format="original", out_bytes=len(data),
+                           out_sha256=got, write_s=time.perf_counter() - t1, status="ok",
+                           total_s=(rec["read_s"] or 0.0) + time.perf_counter() - t0, finished_at=time.time())
+                return row
             pixels = restore_image(self.ckpt, data, temperature=cfg.temperature, z_seed=rec["z_seed"],
                                    tile=cfg.actors.tile, precision=cfg.actors.precision)
             h, w = pixels.shape[:2]
@@ -150,7 +163,7 @@ def plan(cfg: RestoreConfig, model_id: str, settings: str) -> tuple[pa.Table, st
                           "lr_uri": pa.array([to_uri(fs_in, join_key(in_path, k)) for k in keys], pa.string()),
                           "lr_sha256": pa.nulls(n, pa.string()), "model_id": pa.nulls(n, pa.string()),
                           "z_seed": pa.nulls(n, pa.int64()), "width": pa.nulls(n, pa.int64()),
-                          "height": pa.nulls(n, pa.int64())})
+                          "height": pa.nulls(n, pa.int64()), "fell_back": pa.nulls(n, pa.bool_())})
         del keys
     table = table.sort_by("key")
     if cfg.keys is not None:
@@ -166,10 +179,11 @@ def plan(cfg: RestoreConfig, model_id: str, settings: str) -> tuple[pa.Table, st
         raise RestoreError(f"model mismatch: the LRs were made by {', '.join(others)} but the loaded model is "
                            f"{model_id}; pass model=<the matching checkpoint>")
     outs, errors, owners = [], [], {}
-    for key in table["key"].to_pylist():
+    for key, kept in zip(table["key"].to_pylist(), table["fell_back"].to_pylist()):
         out = err = None
         try:
-            out = to_uri(fs_out, join_key(out_path, derived_key(output_key(key), ext)))
+            # a source kept by ingest goes out unchanged, so under its own (made safe) key and suffix
+            out = to_uri(fs_out, join_key(out_path, output_key(key) if kept else derived_key(output_key(key), ext)))
             if out in owners:
                 raise StorageError(f"output key already used by {owners[out]!r}")
             owners[out] = key
