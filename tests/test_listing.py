@@ -64,7 +64,7 @@ def test_patterns_ignore_case_and_left_out_objects_are_counted(tmp_path):
     _files(tmp_path / "cam", ["IMG_0001.JPG", "IMG_0002.JPG"])
     p = plan(_cfg(tmp_path, inp=tmp_path / "cam"), MODEL)
     assert sorted(_items(p)) == ["IMG_0001.JPG", "IMG_0002.JPG"]
-    assert _items(p)["IMG_0001.JPG"]["lr_uri"] == f"{tmp_path}/lr/IMG_0001.png"
+    assert _items(p)["IMG_0001.JPG"]["lr_uri"] == f"{tmp_path}/lr/IMG_0001"
 
 
 def test_inputs_that_yield_no_work_are_one_line_errors_with_exit_2(tmp_path, tiny_ckpt_path, capsys):
@@ -88,7 +88,7 @@ def test_a_single_file_input_is_one_input_named_by_its_file_name(tmp_path):
     p = plan(_cfg(tmp_path, inp=tmp_path / "in" / "deep" / "IMG_0001.JPG"), MODEL)
     assert p.listing.single and list(_items(p)) == ["IMG_0001.JPG"]
     item = _items(p)["IMG_0001.JPG"]
-    assert item["source_uri"] == f"{tmp_path}/in/deep/IMG_0001.JPG" and item["lr_uri"] == f"{tmp_path}/lr/IMG_0001.png"
+    assert item["source_uri"] == f"{tmp_path}/in/deep/IMG_0001.JPG" and item["lr_uri"] == f"{tmp_path}/lr/IMG_0001"
 
 
 def test_dry_run_prints_the_plan_and_does_no_work(tmp_path, tiny_ckpt_path):
@@ -99,7 +99,7 @@ def test_dry_run_prints_the_plan_and_does_no_work(tmp_path, tiny_ckpt_path):
     text = "\n".join(lines)
     assert "left out notes.txt" in " ".join(text.split()) and "sub/readme.md" in text
     assert "2 objects left out by include/exclude (1 .txt, 1 .md)" in text
-    assert f"a.png  ->  {tmp_path}/lr/a.png" in text and f"B.JPG  ->  {tmp_path}/lr/B.png" in text
+    assert f"a.png  ->  {tmp_path}/lr/a" in text and f"B.JPG  ->  {tmp_path}/lr/B" in text
     assert not (tmp_path / "lr").exists()
 
 
@@ -113,11 +113,12 @@ def test_odd_local_names_are_read_byte_for_byte_and_only_lr_keys_are_made_safe(t
     items = _items(p)
     assert sorted(items) == sorted(ODD)
     # NFD sorts first and keeps the LR name; the NFC twin gets an error row naming the clash
-    assert items["cafe\u0301.png"]["lr_uri"] == f"{tmp_path}/lr/caf\u00e9.png"
+    assert items["cafe\u0301.png"]["lr_uri"] == f"{tmp_path}/lr/caf\u00e9"
     assert "already used by input 'cafe\u0301.png'" in items["caf\u00e9.png"]["pre_error"]
-    assert items["colon::double.png"]["lr_uri"] == f"{tmp_path}/lr/colon:_:double.png"
-    assert items["back\\slash.png"]["lr_uri"] == f"{tmp_path}/lr/back/slash.png"
-    assert items["ctl\u202e.png"]["lr_uri"] == f"{tmp_path}/lr/ctl_.png"
+    assert items["colon::double.png"]["lr_uri"] == f"{tmp_path}/lr/colon:_:double"
+    assert items["back\\slash.png"]["lr_uri"] == f"{tmp_path}/lr/back/slash"
+    assert items["ctl\u202e.png"]["lr_uri"] == f"{tmp_path}/lr/ctl_"
+    assert items["C:.png"]["lr_uri"] == f"{tmp_path}/lr/C_"  # the stem is made safe too
     read = read_stage(p.items, StorageConfig(), 1 << 20, "source_uri").to_pylist()
     for r in read:
         if r["key"] == "caf\u00e9.png":
@@ -142,8 +143,8 @@ def test_s3_listing_returns_keys_a_folder_walk_loses(s3_endpoint):
     assert sorted(items) == sorted(n for n in names if n.endswith(".png"))
     assert p.listing.left_out == ["notes.txt"] and p.listing.internal == 1  # the folder marker
     assert items["double//slash.png"]["source_uri"] == "s3://listing/raw/double//slash.png"
-    assert items["double//slash.png"]["lr_uri"] == "s3://listing/lr/double/slash.png"
-    assert items["/lead.png"]["lr_uri"] == "s3://listing/lr/lead.png"
+    assert items["double//slash.png"]["lr_uri"] == "s3://listing/lr/double/slash"
+    assert items["/lead.png"]["lr_uri"] == "s3://listing/lr/lead"
     assert all(r["source_version"] for r in items.values())  # the ETag
     read = read_stage(p.items, storage, 1 << 20, "source_uri").to_pylist()
     got = {r["key"]: r["data"] for r in read if r["pre_error"] is None}
@@ -208,7 +209,7 @@ def test_explicit_keys_are_read_as_given_and_checked_for_changes(tmp_path):
     keys = ["a//b.png", "missing.png", "../up.png"]
     p = plan(_cfg(tmp_path, f"keys={json.dumps(keys)}"), MODEL)
     items = _items(p)
-    assert items["a//b.png"]["lr_uri"] == f"{tmp_path}/lr/a/b.png" and items["a//b.png"]["source_version"]
+    assert items["a//b.png"]["lr_uri"] == f"{tmp_path}/lr/a/b" and items["a//b.png"]["source_version"]
     assert items["missing.png"]["source_version"] is None and items["../up.png"]["pre_error"].startswith("key: ")
     read = {r["key"]: r for r in read_stage(p.items, StorageConfig(), 100, "source_uri").to_pylist()}
     assert read["a//b.png"]["data"] == b"ab"

@@ -227,7 +227,7 @@ def plan(cfg: IngestConfig, model_id: str, settings: str = LEGACY_SETTINGS) -> I
                 key, src = _shown(key), _shown(src)
                 raise StorageError("the name is not valid UTF-8 (shown with \\x escapes); rename the file")
             k = output_key(key)
-            lr_key = lr_stem(k)
+            lr_key = output_key(lr_stem(k))  # the stem too must be safe on its own ("C:.png" -> "C_")
             if MANIFEST_DIR in (k.split("/", 1)[0], lr_key):
                 raise StorageError(f"key {key!r} would write into the manifest folder")
             lr = to_uri(fs_out, join_key(out_path, lr_key))
