@@ -105,7 +105,7 @@ def _device(name: str) -> str:
     return name
 
 
-def _encoding(path: str, quality: int | None, subsampling: str, lr: bool) -> Encoding:
+def _encoding(path: str, quality: int | None, subsampling: str | None, lr: bool) -> Encoding:
     """The encoding ``-o`` asks for; LR files only in the LR containers."""
     try:
         enc = encoding_for_path(path, quality, subsampling)
@@ -257,7 +257,8 @@ def _quality(text: str) -> int:
 def _add_codec_args(p: argparse.ArgumentParser, defaults: str) -> None:
     p.add_argument("--quality", type=_quality, default=None,
                    help=f"quality of a lossy container, 1..100 (WebP 100 = lossless; defaults: {defaults})")
-    p.add_argument("--subsampling", choices=SUBSAMPLINGS, default="4:2:0", help="JPEG/AVIF chroma subsampling")
+    p.add_argument("--subsampling", choices=SUBSAMPLINGS, default=None,
+                   help="JPEG/AVIF chroma subsampling (defaults: JPEG 4:2:0, AVIF 4:4:4)")
 
 
 def _add_model_args(p: argparse.ArgumentParser,

@@ -86,7 +86,7 @@ def parse_candidate(spec: Any) -> Encoding:
     except (TypeError, ValueError):
         raise FloorConfigError(f"{spec!r}: quality must be an integer 1..100, got {quality!r}") from None
     try:
-        enc = Encoding(str(container), q, sub or "4:2:0")
+        enc = Encoding(str(container), q, sub or None)
     except ContainerError as e:
         raise FloorConfigError(f"{spec!r}: {e}") from None
     if enc.container not in LR_CONTAINERS:
@@ -117,7 +117,7 @@ class StoragePolicy:
                 f"candidates={','.join(c.label for c in self.candidates)}")
 
 
-def make_policy(fmt: str = "png", quality: int | None = None, subsampling: str = "4:2:0",
+def make_policy(fmt: str = "png", quality: int | None = None, subsampling: str | None = None,
                 candidates: Sequence[Any] = DEFAULT_CANDIDATES, target_psnr: float | None = None,
                 fallback: str = "original", check_precision: str = "fp32") -> StoragePolicy:
     """Validate ingest's ``lr.*``, ``target_psnr``, ``fallback`` and ``floor_precision`` settings;

@@ -212,4 +212,4 @@ def test_policy_settings_and_defaults():
     yaml = Path(__file__).resolve().parents[1] / "configs" / "ingest.yaml"
     for cfg in (IngestConfig(), load_config(IngestConfig, yaml, ["input=a", "output=b"])):
         assert list(cfg.lr.candidates) == list(DEFAULT_CANDIDATES) and cfg.target_psnr is None
-        assert (cfg.lr.format, cfg.lr.quality, cfg.lr.subsampling, cfg.fallback) == ("png", None, "4:2:0", "original")
+        assert (cfg.lr.format, cfg.lr.quality, cfg.lr.subsampling, cfg.fallback) == ("png", None, None, "original")

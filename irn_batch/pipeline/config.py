@@ -42,7 +42,7 @@ class LRConfig:
 
     format: str = "png"  # without target_psnr: png | webp | jpeg | avif (JPEG + alpha is stored as WebP)
     quality: Optional[int] = None  # lossy containers; None -> the container's default
-    subsampling: str = "4:2:0"  # jpeg and avif
+    subsampling: Optional[str] = None  # jpeg and avif: "4:2:0" or "4:4:4"; None = jpeg 4:2:0, avif 4:4:4
     # with target_psnr: "container:quality[:subsampling]" strings (or dicts), nominally smallest first
     candidates: list[Any] = field(default_factory=lambda: list(DEFAULT_LR_CANDIDATES))
 
@@ -87,7 +87,7 @@ class RestoreConfig:
     scale: int = 2
     format: str = "png"  # png | webp | jpeg | avif | tiff (irn_batch.container)
     quality: Optional[int] = None  # lossy containers; None -> the container's default
-    subsampling: str = "4:2:0"  # jpeg and avif
+    subsampling: Optional[str] = None  # jpeg and avif: "4:2:0" or "4:4:4"; None = jpeg 4:2:0, avif 4:4:4
     temperature: Optional[float] = None  # None -> the checkpoint's default
     redo: bool = False  # restore again even where an intact earlier restore with these settings exists
     max_input_bytes: int = 64 * 1024 * 1024
