@@ -135,6 +135,29 @@ def measure_hr(ref: np.ndarray, plan: Plan) -> dict[int, dict[str, list[dict]]]:
     return out
 
 
+def smallest_reaching(hr8: np.ndarray, codec: str, target_psnr: float, crop: int) -> dict | None:
+    """The smallest file of HR codec ``codec`` (an ``ENCODINGS`` key) whose decoded (H, W, 3) uint8 image
+    reaches ``target_psnr`` Y-PSNR (dB, ``crop`` border pixels removed): {"quality", "bytes", "psnr_y"}, or
+    None when even quality 100 does not. Bisection over quality 1..100 (7 encodes), which assumes a codec's
+    Y-PSNR rises with its quality setting.
+    """
+    def trial(q: int) -> dict:
+        data = encode(hr8, ENCODINGS[codec](q))
+        return {"quality": q, "bytes": len(data), "psnr_y": psnr_y(decode_image(data).rgb, hr8, crop)}
+
+    best, lo, hi = trial(100), 1, 100
+    if best["psnr_y"] < target_psnr:
+        return None
+    while lo < hi:  # invariant: quality hi reaches the target (best is its trial)
+        mid = (lo + hi) // 2
+        t = trial(mid)
+        if t["psnr_y"] >= target_psnr:
+            best, hi = t, mid
+        else:
+            lo = mid + 1
+    return best
+
+
 def measure_bicubic(ref: np.ndarray, scale: int, plan: Plan) -> dict[str, list[dict]]:
     """The bicubic-down, LR container, bicubic-up points of one reference at ``scale``."""
     h, w = ref.shape[:2]

@@ -259,3 +259,21 @@ def test_rd_refuses_a_model_of_another_scale(tmp_path, tiny_x4_path, capsys):
     rc = main(["rd", str(data), "--scale", "2", "--out", str(tmp_path / "o"), "--model", str(tiny_x4_path)])
     line = _error_line(capsys)
     assert rc == 2 and "model is x4 but --scale is 2" in line and str(tiny_x4_path) in line
+
+
+def test_smallest_reaching_is_the_cheapest_quality_that_reaches_the_target():
+    from irn_batch.rd import ENCODINGS, smallest_reaching
+
+    y, x = np.mgrid[0:48, 0:64].astype(np.float32)
+    hr8 = np.clip(np.stack([128 + 90 * np.sin(x / 4 + k) * np.cos(y / 5) for k in range(3)], -1), 0, 255)
+    hr8 = hr8.round().astype(np.uint8)
+    trials = {}
+    for q in range(1, 101):
+        data = encode(hr8, ENCODINGS["jpeg420"](q))
+        trials[q] = (len(data), psnr_y(decode_image(data).rgb, hr8, 2))
+    target = trials[60][1]
+    got = smallest_reaching(hr8, "jpeg420", target, crop=2)
+    q = got["quality"]
+    assert got["psnr_y"] >= target and got["bytes"] == trials[q][0] and q <= 60
+    assert q == 1 or trials[q - 1][1] < target  # the quality just below does not reach it
+    assert smallest_reaching(hr8, "jpeg420", 200.0, crop=2) is None
