@@ -4,6 +4,7 @@ proxy follows real JPEG sizes, and a short training run with the codec on lowers
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -251,3 +252,16 @@ def test_training_report_draws_the_lossy_restore_and_the_rate():
         rgb = np.asarray(im.convert("RGB")).astype(int)
         assert im.format == "PNG" and (rgb[..., 0] != rgb[..., 1]).any()
     assert "lossy_bpp" in files["metrics.csv"].decode().splitlines()[0]
+
+
+def test_packaged_lossy_x4_weights_load_with_their_config_and_recipe():
+    from importlib import resources
+
+    from irn_batch.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(resources.files("irn_batch") / "weights" / "irn_x4_lossy.safetensors")
+    assert ckpt.model.config.scale == 4 and ckpt.default_temperature == 0.0
+    assert ckpt.model_id.startswith("irn-x4-")
+    recipe = json.loads(ckpt.metadata["train_config"])
+    assert recipe["codec"] == "jpeg+webp" and recipe["codec_rate_weight"] > 0
+    assert ckpt.model_id != load_checkpoint(resources.files("irn_batch") / "weights" / "irn_x4.safetensors").model_id
