@@ -110,6 +110,10 @@ def validate_job(job: JobConfig) -> None:
         raise ConfigError(f"train.patch {t.patch} is not a multiple of train.scale {t.scale}")
     if t.schedule not in ("multistep", "cosine", "constant"):
         raise ConfigError(f"train.schedule must be multistep, cosine or constant, not {t.schedule!r}")
+    try:
+        t.codec_spec()
+    except ValueError as e:
+        raise ConfigError(f"train.codec: {e}") from None
     for key in ("val_every", "ckpt_every", "log_every"):
         if getattr(job.run, key) < 1:
             raise ConfigError(f"run.{key} must be >= 1")

@@ -53,7 +53,7 @@ def run_local(cfg: TrainConfig, data_url: str, val_url: str, out_dir: Path, val_
             log.write(json.dumps({"kind": "train", **stats}) + "\n")
             log.flush()
         if (it + 1) % val_every == 0 or last:
-            v = validate(model, val, temperature=0.0)
+            v = validate(model, val, temperature=0.0, codec=cfg.val_codec(), quality=cfg.val_quality)
             v.update(iteration=it + 1, elapsed_s=time.time() - t0)
             log.write(json.dumps({"kind": "val", **v}) + "\n")
             log.flush()
@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     raw = OmegaConf.merge(OmegaConf.load(cfg_path), OmegaConf.from_dotlist(overrides))
     run = raw.pop("run")
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), raw))
+    cfg.codec_spec()  # a bad codec setting fails here, not at the first step
     torch.set_num_threads(int(run.get("threads", torch.get_num_threads())))
     # Denormal floats make CPU convolutions orders of magnitude slower once small weights/gradients appear.
     torch.set_flush_denormal(True)

@@ -16,6 +16,7 @@ from irn_batch.checkpoint import checkpoint_bytes, checkpoint_from_bytes
 from irn_batch.metrics import bicubic_resize, psnr_y
 from irn_batch.model import IRN, IRNConfig
 from irn_batch.transforms import quantize_8bit
+from training.codec import CodecSpec, decode, encode, parse_codecs, to_uint8
 from training.data import TrainImage, bicubic_downscale
 from training.losses import LossWeights, irn_loss
 from training.optim import Schedule, load_optimizer_tensors, make_optimizer, optimizer_tensors, set_lr
@@ -46,6 +47,14 @@ class TrainConfig:
     seed: int = 0
     init_from: str | None = None  # warm start: an irn_batch checkpoint (e.g. x2 weights for x4's first level)
     val_crop: int = 256
+    # Codec between the 8-bit LR and the reverse pass (training/codec.py): none (lossless LR, the paper),
+    # jpeg | webp | avif (Pillow, straight-through gradient), diffjpeg (kornia), or a '+'-list drawn per sample.
+    codec: str = "none"
+    codec_quality_min: int = 70  # per-sample quality drawn uniformly from [min, max]
+    codec_quality_max: int = 95
+    codec_clean_weight: float = 0.5  # weight of the restore from the lossless LR (keeps the PNG path good)
+    codec_rate_weight: float = 0.0  # loss per estimated JPEG bit of the LR (training.codec.jpeg_rate_proxy)
+    val_quality: int = 80  # validation with a codec: also restore from the LR at this quality of its first codec
     extra: dict = field(default_factory=dict)
 
     def model_config(self) -> IRNConfig:
@@ -57,6 +66,20 @@ class TrainConfig:
 
     def lr_schedule(self) -> Schedule:
         return Schedule(lr=self.lr, kind=self.schedule, warmup=self.warmup, lr_min=self.lr_min)
+
+    def codec_spec(self) -> CodecSpec | None:
+        """None for ``codec: none`` (today's objective); raises ValueError on a bad codec setting."""
+        names = parse_codecs(self.codec)
+        if not names:
+            return None
+        return CodecSpec(
+            names, (self.codec_quality_min, self.codec_quality_max), self.codec_clean_weight, self.codec_rate_weight
+        )
+
+    def val_codec(self) -> str | None:
+        """The codec validation also stores the LR with (the first of ``codec``), or None."""
+        names = parse_codecs(self.codec)
+        return names[0] if names else None
 
 
 def build_model(cfg: TrainConfig) -> IRN:
@@ -82,7 +105,7 @@ def train_step(model, opt, hr, lr_ref, cfg: TrainConfig, it: int, generator=None
     opt.zero_grad(set_to_none=True)
     device = hr.device
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-        terms = irn_loss(model, hr, lr_ref, cfg.loss_weights(), cfg.z_scale, generator)
+        terms = irn_loss(model, hr, lr_ref, cfg.loss_weights(), cfg.z_scale, generator, cfg.codec_spec())
     loss = terms["loss"]
     if not torch.isfinite(loss):
         raise FloatingPointError(f"non-finite loss at iteration {it}: {loss.item()}")
@@ -106,13 +129,26 @@ def _psnr_y(a: torch.Tensor, b: torch.Tensor, crop: int) -> float:
 
 
 @torch.inference_mode()
-def validate(model: IRN, images: list[TrainImage], temperature: float = 0.0, seed: int = 0) -> dict[str, float]:
-    """Mean Y-PSNR (paper protocol) of the restore, of Bicubic & Bicubic, and of the LR vs the bicubic LR."""
+def validate(
+    model: IRN,
+    images: list[TrainImage],
+    temperature: float = 0.0,
+    seed: int = 0,
+    codec: str | None = None,
+    quality: int = 80,
+) -> dict[str, float]:
+    """Mean Y-PSNR (paper protocol) of the restore, of Bicubic & Bicubic, and of the LR vs the bicubic LR.
+
+    With ``codec`` (jpeg, webp or avif; diffjpeg is validated as jpeg) the 8-bit LR is also stored with that
+    real codec at ``quality``: ``lossy_psnr_y`` is the restore from the decoded LR and ``lossy_bpp`` the
+    codec's bytes * 8 per HR pixel (whole files, headers included).
+    """
     model.eval()
     s = model.scale
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
-    rows = []
+    real = None if codec is None else ("jpeg" if codec == "diffjpeg" else codec)
+    rows, lossy = [], []
     for im in images:
         hr = (im.hr.float() / 255.0).unsqueeze(0)
         lr, _ = model.downscale(hr.to(device))
@@ -120,12 +156,20 @@ def validate(model: IRN, images: list[TrainImage], temperature: float = 0.0, see
         bic_lr = bicubic_downscale(hr, s)
         bic = bicubic_resize(quantize_8bit(bic_lr), tuple(hr.shape[-2:]))  # Bicubic & Bicubic, as evaluate does
         rows.append((_psnr_y(restored, hr, s), _psnr_y(bic, hr, s), _psnr_y(lr.cpu(), im.lr.unsqueeze(0), 0)))
+        if real is not None:
+            data = encode(to_uint8(lr[0]), real, quality)
+            dec = torch.from_numpy(decode(data)).permute(2, 0, 1)[None].float().div(255).to(device)
+            restored = model.upscale(dec, temperature=temperature, generator=gen).cpu()
+            lossy.append((_psnr_y(restored, hr, s), len(data) * 8 / (hr.shape[-1] * hr.shape[-2])))
     n = len(rows)
-    return {
+    out = {
         "psnr_y": sum(r[0] for r in rows) / n,
         "bicubic_psnr_y": sum(r[1] for r in rows) / n,
         "lr_psnr_y": sum(r[2] for r in rows) / n,
     }
+    if lossy:
+        out.update(lossy_psnr_y=sum(r[0] for r in lossy) / n, lossy_bpp=sum(r[1] for r in lossy) / n)
+    return out
 
 
 # --- resumable state: one safetensors file with model + optimiser tensors, nothing pickled ---

@@ -146,7 +146,8 @@ def train_loop_per_worker(config: dict) -> None:
             history.append(stats)
             last = stats
         if val is not None and (n % run.val_every == 0 or n == stop):
-            v = validate(net, val, temperature=cfg.restore_temperature, seed=cfg.seed)
+            v = validate(net, val, temperature=cfg.restore_temperature, seed=cfg.seed, codec=cfg.val_codec(),
+                         quality=cfg.val_quality)
             v.update(kind="val", iteration=n, wall_s=round(wall0 + time.time() - t0, 2))
             history.append(v)
             last = {**last, **{f"val_{k}": x for k, x in v.items() if k not in ("kind", "iteration")}}

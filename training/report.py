@@ -97,10 +97,17 @@ def training_report(history: list[dict]) -> dict[str, bytes]:
         "restore Y-PSNR": [(r["iteration"], r["psnr_y"]) for r in val],
         "bicubic&bicubic Y-PSNR": [(r["iteration"], r["bicubic_psnr_y"]) for r in val],
     }
+    lossy = [r for r in val if "lossy_psnr_y" in r]
+    if lossy:  # runs with a codec in the loop (training/codec.py): the restore from a lossy LR too
+        vs["restore Y-PSNR, lossy LR"] = [(r["iteration"], r["lossy_psnr_y"]) for r in lossy]
     ls = {"loss": [(r["iteration"], math.log10(r["loss"])) for r in train if r.get("loss", 0) > 0]}
-    return {
+    files = {
         "metrics.csv": metrics_csv(history),
         "metrics.json": metrics_json(history, summary),
         "val_curve.png": curve_png(vs, "validation: mean Y-PSNR (dB)"),
         "loss_curve.png": curve_png(ls, "training loss (log10)"),
     }
+    if lossy:
+        rate = {"lossy LR bits per HR pixel": [(r["iteration"], r["lossy_bpp"]) for r in lossy]}
+        files["rate_curve.png"] = curve_png(rate, "validation: lossy LR file, bits per HR pixel")
+    return files
