@@ -189,7 +189,7 @@ def packaged_path_for(model_id: str) -> Path:
         except CheckpointError:
             continue
     raise CheckpointError(f"the LR was made by model {model_id}, which is not among the shipped weights; "
-                          "pass its checkpoint with --model")
+                          "pass its checkpoint (--model in the CLI, model= in a job)")
 
 
 # --- import of weights saved by the official IRN code (pkuxmq/Invertible-Image-Rescaling) ---

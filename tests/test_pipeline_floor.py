@@ -23,7 +23,7 @@ from irn_batch.pipeline.ingest import run_ingest
 from irn_batch.pipeline.restore import run_restore
 from irn_batch.pipeline.verify import verify
 from irn_batch.rescale import content_seed, restore_image
-from irn_batch.storage import StorageConfig
+from irn_batch.storage import StorageConfig, open_fs
 
 from test_floor import brute_force, thresholds
 
@@ -177,3 +177,24 @@ def test_bad_floor_settings_fail_in_one_line(tmp_path, capsys, override, message
                                                        override])
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1
+
+
+def test_shipped_weights_follow_the_container_and_restore_finds_them_by_model_id(floor_run, tmp_path):
+    """No model=: a lossy LR container gets the shipped compression-aware weights where they exist (as in
+    the CLI), and the restore job loads whichever shipped weights the ingest manifest records."""
+    from irn_batch.checkpoint import default_weights_path, read_metadata
+
+    from pipeline_fixtures import png_bytes, smooth_image
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(png_bytes(smooth_image(24, 32, seed=11)))
+    common = ["scale=4", "actors.pool_size=1", "actors.batch_size=1", f"input={tmp_path / 'in'}"]
+    for fmt, lossy in (("webp", True), ("png", False)):
+        out = tmp_path / fmt
+        run_ingest(load_config(IngestConfig, None, [*common, f"output={out}", f"lr.format={fmt}"]))
+        row = read_manifest(*open_fs(str(out / "_manifest"))).to_pylist()[0]
+        expected = read_metadata(default_weights_path(4, lossy=lossy).read_bytes())["model_id"]
+        assert row["status"] == "ok" and row["model_id"] == expected and row["lr_uri"].endswith(f".{fmt}")
+        s = run_restore(load_config(RestoreConfig, None, ["scale=2", f"input={out}", f"output={tmp_path / 'r'}{fmt}",
+                                                          "actors.pool_size=1"]))
+        assert s["ok"] == 1 and s["model_id"] == expected  # scale=2 is ignored: the manifest's model decides

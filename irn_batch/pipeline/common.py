@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 import ray
 
 from irn_batch.checkpoint import Checkpoint, CheckpointError, checkpoint_from_bytes, default_weights_path
+from irn_batch.checkpoint import packaged_path_for
 from irn_batch.manifest import MANIFEST_DIR, ManifestWriter
 from irn_batch.pipeline.config import ActorConfig, RayConfig
 from irn_batch.pipeline.read import read_stage
@@ -39,10 +40,15 @@ def init_ray(rc: RayConfig) -> None:
     ctx.max_errored_blocks = -1
 
 
-def load_model_bytes(model: str | None, scale: int, storage: StorageConfig) -> tuple[bytes, Checkpoint]:
-    """(checkpoint bytes, the checkpoint): read and verified once by the driver, the bytes shipped to every actor."""
+def load_model_bytes(model: str | None, scale: int, storage: StorageConfig, *, lossy: bool = False,
+                     model_id: str | None = None) -> tuple[bytes, Checkpoint]:
+    """(checkpoint bytes, the checkpoint): read and verified once by the driver, the bytes shipped to every actor.
+
+    ``model`` None: the shipped weights whose id is ``model_id`` when one is given (CheckpointError naming it
+    when none is), else the shipped weights for ``scale`` (for lossy LR containers with ``lossy``).
+    """
     if model is None:
-        path = default_weights_path(scale)
+        path = packaged_path_for(model_id) if model_id else default_weights_path(scale, lossy)
         if not path.is_file():
             raise CheckpointError(
                 f"default weights {path} are missing (they are still being trained); pass model=PATH_OR_URL"

@@ -334,7 +334,10 @@ def run_ingest(cfg: IngestConfig, log=print) -> dict[str, Any]:
     With ``dry_run`` only the plan is printed (:func:`print_plan`); nothing is read, written or started.
     """
     policy = storage_policy(cfg)  # a bad setting fails here, in one line, before any work
-    ckpt_bytes, ckpt = load_model_bytes(cfg.model, cfg.scale, cfg.storage)
+    # a fixed lossy container gets the compression-aware weights where they are shipped, as in the CLI; the
+    # floor's candidates (AVIF 4:4:4 by default) were measured with the plain ones
+    lossy = policy.target_psnr is None and not policy.fixed.lossless
+    ckpt_bytes, ckpt = load_model_bytes(cfg.model, cfg.scale, cfg.storage, lossy=lossy)
     model_id, scale = ckpt.model_id, ckpt.model.scale
     p = plan(cfg, model_id, policy.settings)
     items, left, manifest_dir, job_id = p.items, p.left, p.manifest_dir, p.job_id

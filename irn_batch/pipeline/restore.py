@@ -224,9 +224,30 @@ def _mark_done(items: pa.Table, done: pa.Table | None, model_id: str, settings: 
     return t.append_column("check_sha", pc.if_else(intact, t["done_out_sha256"], none))
 
 
+def recorded_model(cfg: RestoreConfig) -> str | None:
+    """The one model id an ingest manifest behind ``cfg.input`` records for its ok rows (None when there is
+    no manifest or it records none); RestoreError when it records several (pass model=...)."""
+    fs_in, in_path = open_fs(cfg.input, cfg.storage)
+    mpath = _manifest_path(fs_in, in_path) if fs_in.exists(in_path) else None
+    if mpath is None:
+        return None
+    table = read_manifest(fs_in, mpath, columns=["model_id", "status"])
+    ids = pc.unique(pc.drop_null(table.filter(pc.fill_null(pc.equal(table["status"], "ok"), False))["model_id"]))
+    ids = sorted(ids.to_pylist())
+    if len(ids) > 1:
+        raise RestoreError(f"{cfg.input}: the manifest records LRs of several models ({', '.join(ids)}); "
+                           "restore them one model at a time with model=<checkpoint>")
+    return ids[0] if ids else None
+
+
 def run_restore(cfg: RestoreConfig, log=print) -> dict[str, Any]:
-    """Run one restore job; returns the summary dict (also printed)."""
-    ckpt_bytes, ckpt = load_model_bytes(cfg.model, cfg.scale, cfg.storage)
+    """Run one restore job; returns the summary dict (also printed).
+
+    Without ``model`` the job uses the shipped weights whose id the ingest manifest records (the
+    compression-aware ones for lossy LRs, say), else the shipped weights for ``scale``.
+    """
+    model_id = recorded_model(cfg) if cfg.model is None else None
+    ckpt_bytes, ckpt = load_model_bytes(cfg.model, cfg.scale, cfg.storage, model_id=model_id)
     model_id, settings = ckpt.model_id, output_settings(cfg, ckpt.default_temperature)
     check_outputs(cfg)  # fail before working: the output and manifest folder take a probe object
     items, manifest_dir = plan(cfg, model_id, settings)
