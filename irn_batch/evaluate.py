@@ -2,14 +2,14 @@
 
 Per image and as a mean, with Y-PSNR / Y-SSIM cropping ``scale`` border pixels (paper protocol):
 
-* ``irn_z``: the HR restore from the 8-bit LR PNG with z ~ N(0, I), the mean over ``--draws`` draws
+* ``irn_z``: the HR restore from the 8-bit (PNG) LR with z ~ N(0, I), the mean over ``--draws`` draws
   (z seeds 0..draws-1);
 * ``irn_z0``: the HR restore with z = 0;
 * ``bicubic``: Bicubic & Bicubic: ``metrics.bicubic_lr`` (the reference LR of training), rounded to
   8 bits, upscaled with ``metrics.bicubic_resize``;
 * ``lr``: the model's 8-bit LR against the bicubic reference LR (no crop): how "normal" the LR looks.
 
-The model path is exactly the CLI's (``rescale.downscale_image`` -> LR PNG -> ``restore_image``).
+The model path is exactly the CLI's (``rescale.downscale_image`` -> PNG LR -> ``restore_image``).
 Writes ``eval.md``, ``eval.json`` and ``grid.png`` (HR | IRN LR | IRN restore | bicubic restore crops)
 under ``--out``; an image that cannot be read is reported and skipped.
 """

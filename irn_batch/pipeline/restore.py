@@ -142,7 +142,7 @@ def _manifest_path(fs, path: str) -> str | None:
 
 def plan(cfg: RestoreConfig, model_id: str, settings: str) -> tuple[pa.Table, str]:
     """(work items, this job's manifest dir): the latest ok row per input of an ingest manifest (filtered),
-    or every PNG under an LR prefix; items already restored intact are marked to be checked, not redone.
+    or every LR file (any LR container suffix) under an LR prefix; items already restored intact are marked to be checked, not redone.
 
     Built in Arrow columns, like the ingest plan: no per-row Python objects survive planning.
     """
