@@ -85,11 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     if not avif_available():  # the default candidates are AVIF
         floor.append("lr.candidates=[webp:70,webp:85,webp:95,webp:100]")
     run_ingest(load_config(IngestConfig, None, [f"input={src}", f"output={out / 'lr'}", *common, *floor]))
-    run_restore(load_config(RestoreConfig, None, [f"input={out / 'lr'}", f"output={out / 'restored'}", *common]))
+    restored = run_restore(load_config(RestoreConfig, None, [f"input={out / 'lr'}", f"output={out / 'restored'}",
+                                                             *common]))
 
     s = args.scale
-    manifest = read_manifest(*open_fs(str(out / "lr" / "_manifest"))).to_pylist()
-    rows = {r["key"]: r for r in manifest if r["status"] == "ok"}
+    rows = {r["key"]: r for r in read_manifest(*open_fs(str(out / "lr" / "_manifest"))).to_pylist()
+            if r["status"] == "ok"}
+    outputs = {r["key"]: r["out_uri"] for r in read_manifest(*open_fs(restored["manifest"])).to_pylist()
+               if r["status"] == "ok"}
     print(f"\nquality floor: Y-PSNR >= {args.target_psnr:g} dB, x{s}; bytes of the HR itself at the same Y-PSNR:")
     print(f"{'image':<10}{'size':>9}  {'stored as':<18}{'stored':>10}{'IRN dB':>8}{'bicubic':>9}"
           f"{'JPEG 4:2:0':>12}{'AVIF':>11}{'original':>11}")
@@ -100,8 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         stored = Path(row["lr_uri"]).read_bytes()
         kept = row["fell_back"]
         lr = orig if kept else to_uint8(read_lr(stored)[1].rgb)
-        restored_path = out / "restored" / (p.name if kept else p.stem + ".png")
-        rest = to_uint8(decode_image(restored_path.read_bytes()).rgb)
+        rest = to_uint8(decode_image(Path(outputs[p.name]).read_bytes()).rgb)
         bic = to_uint8(bicubic_resize(bicubic_lr(orig, s), orig.shape[:2]))
         p_irn, p_bic = psnr_y(rest, orig, crop=s), psnr_y(bic, orig, crop=s)
         target = min(p_irn, 99.0)  # a source kept unchanged restores exactly (inf dB)

@@ -157,6 +157,11 @@ def stream_rows(items: pa.Table, actor_cls: type, uri_col: str, cfg: Any, ckpt_b
         yield [lost_row(item, reason) for item in batch.to_pylist()]
 
 
+def is_outage_row(row: dict[str, Any]) -> bool:
+    """Whether a result row says that the store stayed unreachable for ``storage.outage_s``."""
+    return OUTAGE_MARK in (row.get("error") or "")
+
+
 class OutageWatch:
     """Notices the first outage row of a stream and when the drain that follows it is over."""
 
@@ -167,10 +172,8 @@ class OutageWatch:
 
     def see(self, rows: list[dict[str, Any]]) -> None:
         if self.outage is None:
-            for r in rows:
-                if OUTAGE_MARK in (r.get("error") or ""):
-                    self.outage, self.since = r["error"][:300], time.monotonic()
-                    break
+            self.outage = next((r["error"][:300] for r in rows if is_outage_row(r)), None)
+            self.since = None if self.outage is None else time.monotonic()
 
     def expired(self) -> bool:
         return self.since is not None and time.monotonic() - self.since > self.drain_s
@@ -234,7 +237,7 @@ def record_stream(batches: Iterable[list[dict[str, Any]]], summary: "Summary", w
         for rows in batches:
             for r in rows:
                 summary.add(r, r[bytes_cols[0]], r[bytes_cols[1]])
-                if outage is None and OUTAGE_MARK in (r.get("error") or ""):
+                if outage is None and is_outage_row(r):
                     outage = r["error"]
                     log(f"{summary.kind}: {outage[:300]}; collecting the rows of work done, then stopping")
             writer.add(rows)
