@@ -29,7 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from irn_batch.checkpoint import load_checkpoint  # noqa: E402
-from irn_batch.imageio import DecodedImage, decode_image, encode_png  # noqa: E402
+from irn_batch.container import write_lr  # noqa: E402
+from irn_batch.imageio import DecodedImage, decode_image  # noqa: E402
 from irn_batch.metrics import bicubic_lr, psnr_y  # noqa: E402
 from irn_batch.rescale import downscale_image, read_lr, restore_image  # noqa: E402
 from training.codec import decode, encode  # noqa: E402
@@ -74,7 +75,7 @@ def irn_points(ckpt, hr8: np.ndarray, settings: list[tuple[str, int]]) -> list[d
         else:
             data = encode(lr8, codec, q)
             dec = decode(data)
-        restored = restore_image(ckpt, encode_png(dec, meta.to_text()), temperature=0.0)
+        restored = restore_image(ckpt, write_lr(dec, meta), temperature=0.0)
         rows.append({
             "codec": codec, "quality": q, "bytes": len(data), "bpp": len(data) * 8 / (h * w),
             "psnr_y": psnr_y(restored, hr8, s), "lr_psnr_y": psnr_y(dec, bic, 0),
