@@ -283,15 +283,22 @@ def test_upscale_finds_the_shipped_weights_by_the_recorded_model_id(capsys, tmp_
 
 
 def test_lossy_lr_containers_get_the_compression_aware_weights(capsys, tmp_path, samples_dir):
-    """`downscale -o x.webp` with no --model uses the shipped lossy weights for the scale where they exist;
+    """`downscale -o x.webp` (.jpg, .avif) with no --model uses the shipped lossy weights of its scale (x2, x4);
     PNG keeps the plain ones; `upscale` without --model finds either by the LR's recorded model id."""
     from irn_batch.checkpoint import default_weights_path, read_metadata
+    from irn_batch.container import avif_available
 
     small = tmp_path / "small.png"
     Image.open(samples_dir / "chelsea.png").crop((40, 40, 88, 80)).save(small)
-    for name, lossy in (("lr.webp", True), ("lr.jpg", True), ("lr.png", False)):
-        expected = read_metadata(default_weights_path(4, lossy=lossy).read_bytes())["model_id"]
-        assert run(capsys, "downscale", small, "-o", tmp_path / name, "--scale", "4")[0] == 0
-        assert json.loads(run(capsys, "info", tmp_path / name)[1])["model_id"] == expected
-        assert run(capsys, "upscale", tmp_path / name, "-o", tmp_path / f"{name}.png")[0] == 0
-        assert Image.open(tmp_path / f"{name}.png").size == (48, 40)
+    for scale in (2, 4):
+        ids = {lossy: read_metadata(default_weights_path(scale, lossy=lossy).read_bytes())["model_id"]
+               for lossy in (True, False)}
+        assert ids[True] != ids[False], f"no compression-aware x{scale} weights are shipped"
+        for name, lossy in (("lr.webp", True), ("lr.jpg", True), ("lr.avif", True), ("lr.png", False)):
+            if name.endswith(".avif") and not avif_available():
+                continue
+            name = f"x{scale}_{name}"
+            assert run(capsys, "downscale", small, "-o", tmp_path / name, "--scale", str(scale))[0] == 0
+            assert json.loads(run(capsys, "info", tmp_path / name)[1])["model_id"] == ids[lossy]
+            assert run(capsys, "upscale", tmp_path / name, "-o", tmp_path / f"{name}.png")[0] == 0
+            assert Image.open(tmp_path / f"{name}.png").size == (48, 40)

@@ -104,13 +104,41 @@ def test_codec_settings_are_checked():
         load_job_config(None, ["data.train=x", "train.codec_quality_min=abc"])
 
 
-def test_lossy_recipe_loads_with_its_codec():
-    raw = OmegaConf.load("configs/train/cpu_x4_lossy.yaml")
+@pytest.mark.parametrize("recipe, codecs", [("cpu_x2_lossy", ("jpeg", "webp", "avif")), ("cpu_x4_lossy", ("jpeg", "webp"))])
+def test_lossy_recipes_load_with_their_codec(recipe, codecs):
+    raw = OmegaConf.load(f"configs/train/{recipe}.yaml")
     raw.pop("run")
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), raw))
     spec = cfg.codec_spec()
-    assert spec.codecs == ("jpeg", "webp") and spec.quality == (50, 95)
+    assert spec.codecs == codecs and spec.quality == (50, 95)
     assert spec.clean_weight > 0 and spec.rate_weight > 0
+    assert f"irn_x{cfg.scale}.safetensors" in cfg.init_from
+
+
+def test_local_run_with_a_codec_resumes_and_keeps_the_best_lossy_restore(tmp_path):
+    """training.local: a codec run writes model/best/state, resumes where it stopped, and its best.json is
+    the best restore from the codec-stored LR (what such a run trains for), not the lossless one."""
+    from irn_batch.checkpoint import load_checkpoint
+    from training.local import run_local
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i, img in enumerate(_smooth_images(3, 64, seed=21)):
+        Image.fromarray((img * 255).round().byte().permute(1, 2, 0).numpy()).save(data / f"{i}.png")
+    cfg = TrainConfig(scale=2, blocks=1, growth=8, batch=2, patch=32, iterations=4, lr=1e-3, schedule="constant",
+                      z_scale=0.0, val_crop=32, codec="jpeg", codec_quality_min=60, codec_quality_max=90)
+    out = tmp_path / "run"
+    run_local(cfg, str(data), str(data), out, val_every=2, ckpt_every=2)
+    vals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"val"' in line]
+    assert [v["iteration"] for v in vals] == [2, 4]
+    best = json.loads((out / "best.json").read_text())
+    assert best["lossy_psnr_y"] == max(v["lossy_psnr_y"] for v in vals)
+    assert load_checkpoint(out / "best.safetensors").metadata["val_lossy_psnr_y"] == f"{best['lossy_psnr_y']:.3f}"
+    cfg.iterations = 6
+    run_local(cfg, str(data), str(data), out, val_every=2, ckpt_every=2)
+    vals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"val"' in line]
+    assert [v["iteration"] for v in vals] == [2, 4, 6]  # resumed at 4, not restarted
+    assert load_checkpoint(out / "model.safetensors").metadata["trained_iterations"] == "6"
 
 
 # --- rate proxy ---
@@ -254,14 +282,16 @@ def test_training_report_draws_the_lossy_restore_and_the_rate():
     assert "lossy_bpp" in files["metrics.csv"].decode().splitlines()[0]
 
 
-def test_packaged_lossy_x4_weights_load_with_their_config_and_recipe():
+@pytest.mark.parametrize("scale", [2, 4])
+def test_packaged_lossy_weights_load_with_their_config_and_recipe(scale):
     from importlib import resources
 
     from irn_batch.checkpoint import load_checkpoint
 
-    ckpt = load_checkpoint(resources.files("irn_batch") / "weights" / "irn_x4_lossy.safetensors")
-    assert ckpt.model.config.scale == 4 and ckpt.default_temperature == 0.0
-    assert ckpt.model_id.startswith("irn-x4-")
+    weights = resources.files("irn_batch") / "weights"
+    ckpt = load_checkpoint(weights / f"irn_x{scale}_lossy.safetensors")
+    assert ckpt.model.config.scale == scale and ckpt.default_temperature == 0.0
+    assert ckpt.model_id.startswith(f"irn-x{scale}-")
     recipe = json.loads(ckpt.metadata["train_config"])
-    assert recipe["codec"] == "jpeg+webp" and recipe["codec_rate_weight"] > 0
-    assert ckpt.model_id != load_checkpoint(resources.files("irn_batch") / "weights" / "irn_x4.safetensors").model_id
+    assert recipe["scale"] == scale and recipe["codec"] != "none" and recipe["codec_rate_weight"] > 0
+    assert ckpt.model_id != load_checkpoint(weights / f"irn_x{scale}.safetensors").model_id

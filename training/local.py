@@ -3,7 +3,8 @@
     python -m training.local OUT_DIR configs/train/cpu_x2.yaml [key=value ...]
 
 Resumes from OUT_DIR/state.safetensors when present; writes OUT_DIR/metrics.jsonl, and on every checkpoint
-OUT_DIR/model.safetensors (latest) and OUT_DIR/best.safetensors (best validation Y-PSNR so far).
+OUT_DIR/model.safetensors (latest) and OUT_DIR/best.safetensors (best validation Y-PSNR so far: of the restore
+from the codec-stored LR when a codec is in the loop, else of the lossless restore).
 """
 from __future__ import annotations
 
@@ -39,7 +40,9 @@ def run_local(cfg: TrainConfig, data_url: str, val_url: str, out_dir: Path, val_
     val = center_crops(load_images(val_url, cfg.scale), cfg.val_crop)
     gen = torch.Generator().manual_seed(cfg.seed + 1 + start)
     best_path = out_dir / "best.json"
-    best = json.loads(best_path.read_text())["psnr_y"] if best_path.exists() else -1.0
+    # with a codec in the loop "best" is the restore from the lossy LR, the figure that run trains for
+    key = "lossy_psnr_y" if cfg.val_codec() else "psnr_y"
+    best = json.loads(best_path.read_text()).get(key, -1.0) if best_path.exists() else -1.0
     log = (out_dir / "metrics.jsonl").open("a")
     t0, done = time.time(), 0
     print(f"start at iteration {start} of {cfg.iterations}", flush=True)
@@ -58,9 +61,9 @@ def run_local(cfg: TrainConfig, data_url: str, val_url: str, out_dir: Path, val_
             log.write(json.dumps({"kind": "val", **v}) + "\n")
             log.flush()
             print(json.dumps(v), flush=True)
-            if v["psnr_y"] > best:
-                best = v["psnr_y"]
-                _atomic_write(out_dir / "best.safetensors", export_bytes(model, cfg, it + 1, {"val_psnr_y": f"{best:.3f}"}))
+            if v[key] > best:
+                best = v[key]
+                _atomic_write(out_dir / "best.safetensors", export_bytes(model, cfg, it + 1, {f"val_{key}": f"{best:.3f}"}))
                 _atomic_write(best_path, json.dumps(v).encode())
         if (it + 1) % ckpt_every == 0 or last:
             _atomic_write(state_path, state_bytes(model, opt, it + 1, cfg))
