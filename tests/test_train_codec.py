@@ -280,6 +280,8 @@ def test_training_report_draws_the_lossy_restore_and_the_rate():
         rgb = np.asarray(im.convert("RGB")).astype(int)
         assert im.format == "PNG" and (rgb[..., 0] != rgb[..., 1]).any()
     assert "lossy_bpp" in files["metrics.csv"].decode().splitlines()[0]
+    summary = json.loads(files["metrics.json"])["summary"]  # best = the lossy restore, as training.local keeps
+    assert summary["best_iteration"] == 3 and summary["best_lossy_psnr_y"] == 30.0
 
 
 @pytest.mark.parametrize("scale", [2, 4])

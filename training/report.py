@@ -90,12 +90,13 @@ def training_report(history: list[dict]) -> dict[str, bytes]:
     val = [r for r in history if r.get("kind") == "val"]
     train = [r for r in history if r.get("kind") == "train"]
     summary: dict = {"iterations": max((r["iteration"] for r in history), default=0)}
-    if val:
-        best = max(val, key=lambda r: r["psnr_y"])
-        summary.update(best_iteration=best["iteration"], best_psnr_y=best["psnr_y"], last=val[-1])
+    if val:  # best as training.local keeps it: the lossy restore when a codec is in the loop
+        key = "lossy_psnr_y" if all("lossy_psnr_y" in r for r in val) else "psnr_y"
+        best = max(val, key=lambda r: r[key])
+        summary.update(best_iteration=best["iteration"], **{f"best_{key}": best[key]}, last=val[-1])
     vs = {
         "restore Y-PSNR": [(r["iteration"], r["psnr_y"]) for r in val],
-        "bicubic&bicubic Y-PSNR": [(r["iteration"], r["bicubic_psnr_y"]) for r in val],
+        "bicubic Y-PSNR": [(r["iteration"], r["bicubic_psnr_y"]) for r in val],
     }
     lossy = [r for r in val if "lossy_psnr_y" in r]
     if lossy:  # runs with a codec in the loop (training/codec.py): the restore from a lossy LR too
