@@ -55,10 +55,16 @@ class TrainConfig:
     codec_clean_weight: float = 0.5  # weight of the restore from the lossless LR (keeps the PNG path good)
     codec_rate_weight: float = 0.0  # loss per estimated JPEG bit of the LR (training.codec.jpeg_rate_proxy)
     val_quality: int = 80  # validation with a codec: also restore from the LR at this quality of its first codec
+    # LR-recovery module before the reverse pass (irn_batch/model/recovery.py): 0 = none. It starts as the
+    # identity; with init_from it is the one new part, so it learns at recovery_lr_scale times the lr.
+    recovery_width: int = 0
+    recovery_layers: int = 4
+    recovery_lr_scale: float = 1.0
     extra: dict = field(default_factory=dict)
 
     def model_config(self) -> IRNConfig:
-        return IRNConfig(scale=self.scale, blocks=self.blocks, growth=self.growth)
+        return IRNConfig(scale=self.scale, blocks=self.blocks, growth=self.growth,
+                         recovery_width=self.recovery_width, recovery_layers=self.recovery_layers)
 
     def loss_weights(self) -> LossWeights:
         fit = float(self.scale**2) if self.lambda_fit is None else self.lambda_fit
@@ -199,4 +205,10 @@ def export_bytes(model: IRN, cfg: TrainConfig, it: int, extra: dict[str, str] | 
 
 
 def new_optimizer(model: IRN, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
+    """Adam over the network; the recovery module (if any) in a second group at ``recovery_lr_scale`` x lr."""
+    if model.recovery is None:
+        return make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
+    own = {id(p) for p in model.recovery.parameters()}
+    body = [p for p in model.parameters() if id(p) not in own]
+    groups = [{"params": body}, {"params": list(model.recovery.parameters()), "lr_scale": cfg.recovery_lr_scale}]
+    return make_optimizer(groups, cfg.lr, cfg.weight_decay)

@@ -62,7 +62,7 @@ def irn_loss(
         eps = torch.randn(z.shape, generator=generator).to(z) * z_scale
     else:
         eps = torch.zeros_like(z)
-    restored = model.inverse(torch.cat((quantize_8bit(y), eps), 1))
+    restored = model.upscale(quantize_8bit(y), z=eps)
     l_rec = weights.rec * reconstruction_loss(hr, restored)
     return {"loss": l_fit + l_ce + l_rec, "fit": l_fit, "ce": l_ce, "rec": l_rec}
 
@@ -98,11 +98,11 @@ def irn_codec_loss(
     else:
         eps = torch.zeros_like(z)
     if codec.clean_weight > 0:
-        restored = model.inverse(torch.cat((torch.cat((decoded, lr8), 0), torch.cat((eps, eps), 0)), 1))
+        restored = model.upscale(torch.cat((decoded, lr8), 0), z=torch.cat((eps, eps), 0))
         restored, restored_clean = restored.chunk(2, 0)
         l_clean = codec.clean_weight * weights.rec * reconstruction_loss(hr, restored_clean)
     else:
-        restored = model.inverse(torch.cat((decoded, eps), 1))
+        restored = model.upscale(decoded, z=eps)
         l_clean = torch.zeros((), device=hr.device)
     l_rec = weights.rec * reconstruction_loss(hr, restored)
     bits = jpeg_rate_proxy(lr8, quality).mean()

@@ -36,8 +36,9 @@ def make_optimizer(params, lr: float, weight_decay: float = 1e-5) -> torch.optim
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's lr to ``lr`` times the group's ``lr_scale`` (1 where it has none)."""
     for group in opt.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:

@@ -51,8 +51,8 @@ class _Replica:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.wrapped(x)
 
-    def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        return self.net.inverse(y)
+    def upscale(self, lr: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.net.upscale(lr, z=z)
 
     def train(self, mode: bool = True):
         self.wrapped.train(mode)
