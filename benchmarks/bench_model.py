@@ -5,6 +5,8 @@ fp32 and bf16, next to a straightforward port of the official module measured in
     python benchmarks/bench_model.py --quick         # 256^2 and 512^2, one repeat
     python benchmarks/bench_model.py --study         # + overlap/tile/precision-cost study
     python benchmarks/bench_model.py --study-only --out /tmp/study.json
+    python benchmarks/bench_model.py --lossy-only --out docs/results/bench_model_lossy.json
+                                                     # shipped plain vs compression-aware weights (restore)
 Prints Markdown tables and writes docs/results/bench_model.json (``--out`` to change).
 Sizes <= 1024 run whole; 4096^2 runs tiled (DEFAULT_TILE/DEFAULT_OVERLAP). Timings are medians of
 ``--repeats`` runs after one warm-up; this machine is shared, so read ratios rather than absolutes.
@@ -313,6 +315,77 @@ def run_study(size: int = 256, tile: int = 128, overlaps=(0, 8, 16, 32, 48), sca
     return res
 
 
+# ---- compression-aware weights: restore speed against the plain ones, and the recovery module's share ----
+
+
+def conv_macs(model: IRN, lr: torch.Tensor, z: torch.Tensor) -> tuple[int, int]:
+    """(multiply-accumulates of all convolutions in one ``upscale``, of those inside ``model.recovery``)."""
+    inside = {id(m) for m in model.recovery.modules()} if model.recovery is not None else set()
+    counts = [0, 0]
+
+    def hook(mod: nn.Conv2d, _inp, out: torch.Tensor) -> None:
+        macs = out.numel() * mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
+        counts[0] += macs
+        counts[1] += macs if id(mod) in inside else 0
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.inference_mode():
+            model.upscale(lr, z)
+    finally:
+        for h in handles:
+            h.remove()
+    return counts[0], counts[1]
+
+
+def bench_lossy(scales, size: int, repeats: int) -> list[dict]:
+    """Restore (upscale) of a size^2 HR with each scale's shipped plain and lossy weights, fp32, whole image.
+
+    The two are timed alternately in one loop (medians), so machine load hits both alike; the allowed
+    slowdown is the recovery module's share of the convolution MACs (issue 9).
+    """
+    from irn_batch.checkpoint import default_weights_path, load_checkpoint  # noqa: PLC0415
+
+    rows = []
+    for scale in scales:
+        plain_path, lossy_path = default_weights_path(scale), default_weights_path(scale, lossy=True)
+        if lossy_path == plain_path:
+            continue
+        plain, lossy = (load_checkpoint(p).model.eval() for p in (plain_path, lossy_path))
+        lr = torch.rand(1, 3, size // scale, size // scale).mul(255).round().div(255)
+        z = torch.zeros(1, 3 * scale * scale - 3, size // scale, size // scale)
+        times: dict[str, list[float]] = {"plain": [], "lossy": []}
+        with torch.inference_mode():
+            plain.upscale(lr, z), lossy.upscale(lr, z)  # warm-up
+            for _ in range(repeats):
+                for name, model in (("plain", plain), ("lossy", lossy)):
+                    t0 = time.perf_counter()
+                    model.upscale(lr, z)
+                    times[name].append(time.perf_counter() - t0)
+        med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+        total, rec = conv_macs(lossy, lr, z)
+        rec_params = sum(p.numel() for p in lossy.recovery.parameters()) if lossy.recovery is not None else 0
+        rows.append({
+            "scale": scale, "size": size, "repeats": repeats, "plain": plain_path.name, "lossy": lossy_path.name,
+            "plain_up_s": med["plain"], "lossy_up_s": med["lossy"],
+            "plain_up_mps": size * size / 1e6 / med["plain"], "lossy_up_mps": size * size / 1e6 / med["lossy"],
+            "slowdown": med["lossy"] / med["plain"] - 1, "recovery_mac_share": rec / total,
+            "recovery_params": rec_params, "params": sum(p.numel() for p in lossy.parameters()),
+        })
+        print(lossy_table(rows[-1:]).splitlines()[-1], flush=True)
+    return rows
+
+
+def lossy_table(rows: list[dict]) -> str:
+    lines = ["| scale | HR size | plain: restore MP/s | lossy: restore MP/s | slowdown | recovery share of MACs "
+             "| recovery params / all |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| x{r['scale']} | {r['size']}^2 | {r['plain_up_mps']:.3f} | {r['lossy_up_mps']:.3f} "
+                     f"| {100 * r['slowdown']:+.1f}% | {100 * r['recovery_mac_share']:.1f}% "
+                     f"| {r['recovery_params']:,} / {r['params']:,} |")
+    return "\n".join(lines)
+
+
 def machine() -> dict:
     cpu = platform.processor()
     try:
@@ -351,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--study-only", action="store_true")
     p.add_argument("--study-size", type=int, default=256, help="side of the photo crop for the study")
     p.add_argument("--study-tile", type=int, default=128, help="tile used in the overlap study")
+    p.add_argument("--lossy", action="store_true", help="also time the shipped compression-aware weights' restore")
+    p.add_argument("--lossy-only", action="store_true")
+    p.add_argument("--lossy-size", type=int, default=512, help="HR side for --lossy")
     p.add_argument("--out", type=Path, default=ROOT / "docs/results/bench_model.json")
     args = p.parse_args(argv)
     if args.quick:
@@ -362,6 +438,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.study or args.study_only:
         result["study"] = run_study(args.study_size, args.study_tile, speed=not args.quick)
     if args.study_only:
+        args.sizes, args.no_memcheck = [], True
+    if args.lossy or args.lossy_only:
+        result["lossy"] = bench_lossy(args.scales, args.lossy_size, max(args.repeats, 5))
+        print(lossy_table(result["lossy"]))
+    if args.lossy_only:
         args.sizes, args.no_memcheck = [], True
     for dev in devices:
         for scale in args.scales:

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from pipeline_fixtures import smooth_image
@@ -40,3 +41,19 @@ def test_equal_bytes_measures_every_model_and_lr_codec(tmp_path, tiny_ckpt_path,
     jpeg = {r["quality"]: r["bpp"] for r in result["summary"] if r["model"] == "b" and r["codec"] == "jpeg"}
     assert jpeg[90] > jpeg[60]  # a real codec: higher quality, more bytes
     assert np.asarray(Image.open(out / "eb.png")).size > 0 and "| b | JPEG q90 |" in (out / "eb.md").read_text()
+
+
+def test_bench_model_times_plain_and_lossy_weights_and_counts_the_recovery_share():
+    bench = _script("bench_model")
+    rows = bench.bench_lossy([2, 4], size=32, repeats=1)
+    assert [r["scale"] for r in rows] == [2, 4]  # both scales ship compression-aware weights
+    for r in rows:
+        assert r["plain_up_s"] > 0 and r["lossy_up_s"] > 0 and 0 <= r["recovery_mac_share"] < 0.5
+        assert (r["recovery_params"] > 0) == (r["recovery_mac_share"] > 0)
+    from irn_batch.model import IRN, IRNConfig
+
+    model = IRN(IRNConfig(scale=2, blocks=1, growth=4, recovery_width=4, recovery_layers=2)).eval()
+    total, rec = bench.conv_macs(model, torch.zeros(1, 3, 8, 8), torch.zeros(1, 9, 8, 8))
+    assert rec == 2 * 8 * 8 * 3 * 4 * 9  # two 3x3 convs, 3->4 and 4->3 channels, at 8x8 LR pixels
+    assert total > rec
+    assert "| x2 |" in bench.lossy_table(rows)
