@@ -341,7 +341,8 @@ def conv_macs(model: IRN, lr: torch.Tensor, z: torch.Tensor) -> tuple[int, int]:
 def bench_lossy(scales, size: int, repeats: int) -> list[dict]:
     """Restore (upscale) of a size^2 HR with each scale's shipped plain and lossy weights, fp32, whole image.
 
-    The two are timed alternately in one loop (medians), so machine load hits both alike; the allowed
+    The two are timed alternately in one loop (medians; which goes first alternates too), so machine load
+    hits both alike; the allowed
     slowdown is the recovery module's share of the convolution MACs (issue 9).
     """
     from irn_batch.checkpoint import default_weights_path, load_checkpoint  # noqa: PLC0415
@@ -357,8 +358,9 @@ def bench_lossy(scales, size: int, repeats: int) -> list[dict]:
         times: dict[str, list[float]] = {"plain": [], "lossy": []}
         with torch.inference_mode():
             plain.upscale(lr, z), lossy.upscale(lr, z)  # warm-up
-            for _ in range(repeats):
-                for name, model in (("plain", plain), ("lossy", lossy)):
+            for i in range(repeats):
+                pair = (("plain", plain), ("lossy", lossy))
+                for name, model in pair if i % 2 == 0 else pair[::-1]:  # alternate which runs first
                     t0 = time.perf_counter()
                     model.upscale(lr, z)
                     times[name].append(time.perf_counter() - t0)

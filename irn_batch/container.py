@@ -12,7 +12,7 @@ Containers (``Encoding.container``):
 * ``tiff``: lossless (deflate), for restored outputs only.
 
 Default qualities (``DEFAULT_QUALITY``) are chosen from ``irn-batch rd`` on the validation photos (see
-``docs/results/rd/``).
+``docs/results/rd_plain_weights/``, measured with the plain weights).
 
 LR metadata (``LRMeta``) travels inside every LR file: PNG ``tEXt`` chunks named ``irn_batch:*``
 (as in format version 1), or an XMP packet with the same fields as attributes in the namespace ``XMP_NS``
@@ -40,11 +40,11 @@ from irn_batch.imageio import DecodedImage, ImageError, decode_image
 LR_CONTAINERS = ("png", "webp", "jpeg", "avif")
 OUTPUT_CONTAINERS = (*LR_CONTAINERS, "tiff")
 SUBSAMPLINGS = ("4:2:0", "4:4:4")
-# Chosen with `irn-batch rd` on the 11 validation photos (docs/results/rd/): the knee of each LR container's
-# curve, where 10 more quality points buy about 0.3-0.8 dB of restore for 50-75 % more bytes. AVIF defaults to
-# 4:4:4: at q70 it restores 0.46 dB (x2) / 0.17 dB (x4) better than 4:2:0 for 8 % / 7 % more bytes, since
-# 4:2:0 chroma erases what IRN hides in the LR's colour planes. JPEG keeps 4:2:0: 4:4:4 only pays above about
-# 0.3 bits per HR pixel at x4.
+# Chosen with `irn-batch rd` on the 11 validation photos (docs/results/rd_plain_weights/, plain weights):
+# the knee of each LR container's curve, where 10 more quality points buy about 0.3-0.8 dB of restore for
+# 50-75 % more bytes. AVIF defaults to 4:4:4: at q70 it restores 0.46 dB (x2) / 0.17 dB (x4) better than
+# 4:2:0 for 8 % / 7 % more bytes, since 4:2:0 chroma erases what IRN hides in the LR's colour planes. JPEG
+# keeps 4:2:0: 4:4:4 only pays above about 0.3 bits per HR pixel at x4.
 DEFAULT_QUALITY = {"png": 100, "webp": 85, "jpeg": 85, "avif": 70, "tiff": 100}
 DEFAULT_SUBSAMPLING = {"jpeg": "4:2:0", "avif": "4:4:4"}
 SUFFIX = {"png": ".png", "webp": ".webp", "jpeg": ".jpg", "avif": ".avif", "tiff": ".tif"}

@@ -24,7 +24,7 @@ class LRRecovery(nn.Module):
             raise ValueError(f"LR recovery needs width >= 1 and layers >= 2, got {width} and {layers}")
         widths = [channels, *[width] * (layers - 1), channels]
         self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in zip(widths, widths[1:]))
-        self.act = nn.LeakyReLU(0.2)
+        self.act = nn.LeakyReLU(0.2, inplace=True)  # on each conv's fresh output; autograd supports it
         nn.init.zeros_(self.convs[-1].weight)
         nn.init.zeros_(self.convs[-1].bias)
 
