@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 import json
 import subprocess
 import sys
@@ -302,3 +303,15 @@ def test_lossy_lr_containers_get_the_compression_aware_weights(capsys, tmp_path,
             assert json.loads(run(capsys, "info", tmp_path / name)[1])["model_id"] == ids[lossy]
             assert run(capsys, "upscale", tmp_path / name, "-o", tmp_path / f"{name}.png")[0] == 0
             assert Image.open(tmp_path / f"{name}.png").size == (48, 40)
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path, samples_dir):
+    """`irn-batch info x | head -0`: the reader is gone before we write; no traceback, exit 141 (SIGPIPE)."""
+    lr = tmp_path / "lr.png"
+    assert main(["downscale", str(samples_dir / "coffee.png"), "-o", str(lr)]) == 0
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # long before the interpreter below starts and writes
+    proc = subprocess.run([sys.executable, "-m", "irn_batch", "info", str(lr)], stdout=write_end,
+                          stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(write_end)
+    assert proc.returncode == 141 and "Traceback" not in proc.stderr, proc.stderr
