@@ -95,3 +95,24 @@ def test_training_reaches_the_module_at_its_own_lr_and_lowers_the_loss():
     assert [g["lr"] for g in opt.param_groups] == [pytest.approx(1e-3), pytest.approx(3e-3)]
     assert not torch.equal(model.recovery.convs[-1].weight, before)  # gradients reach the module
     assert np.mean(losses[-5:]) < 0.85 * np.mean(losses[:5]), losses
+
+
+def test_resume_restores_both_parameter_groups():
+    from training.loop import load_state_bytes, state_bytes
+
+    cfg = TrainConfig(scale=2, blocks=1, growth=4, batch=2, patch=16, iterations=3, lr=1e-3, schedule="constant",
+                      z_scale=0.0, codec="jpeg", recovery_width=4, recovery_layers=2, recovery_lr_scale=5.0)
+    model = IRN(cfg.model_config())
+    opt = new_optimizer(model, cfg)
+    hr = torch.rand(2, 3, 16, 16)
+    for it in range(2):
+        train_step(model, opt, hr, bicubic_downscale(hr, 2), cfg, it, torch.Generator().manual_seed(it))
+    data = state_bytes(model, opt, 2, cfg)
+    fresh = IRN(cfg.model_config())
+    fresh_opt = new_optimizer(fresh, cfg)
+    assert load_state_bytes(data, fresh, fresh_opt) == 2
+    for k, v in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v)
+    for p, q in zip(model.recovery.parameters(), fresh.recovery.parameters()):
+        assert torch.equal(opt.state[p]["exp_avg"], fresh_opt.state[q]["exp_avg"])
+    assert [g.get("lr_scale", 1.0) for g in fresh_opt.param_groups] == [1.0, 5.0]
