@@ -342,8 +342,7 @@ def bench_lossy(scales, size: int, repeats: int) -> list[dict]:
     """Restore (upscale) of a size^2 HR with each scale's shipped plain and lossy weights, fp32, whole image.
 
     The two are timed alternately in one loop (medians; which goes first alternates too), so machine load
-    hits both alike; the allowed
-    slowdown is the recovery module's share of the convolution MACs (issue 9).
+    hits both alike; the allowed slowdown is the recovery module's share of the convolution MACs (issue 9).
     """
     from irn_batch.checkpoint import default_weights_path, load_checkpoint  # noqa: PLC0415
 
