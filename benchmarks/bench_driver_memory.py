@@ -25,12 +25,13 @@ CHILD = r"""
 import json, os, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-import irn_batch.pipeline.common as common
+import irn_batch.pipeline.stream as common
 if int(sys.argv[5]):
     common.MAX_BLOCKS = int(sys.argv[5])
 import ray
 ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-from irn_batch.pipeline.config import IngestConfig, load_config
+from irn_batch.pipeline.config import IngestConfig
+from irn_batch.settings import load_config
 from irn_batch.pipeline.ingest import run_ingest
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "docs" / "results" / "bench_driver_memory.json"))
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from irn_batch.checkpoint import save_checkpoint
+    from irn_batch.model.checkpoint import save_checkpoint
     from irn_batch.model import IRN, IRNConfig
 
     rows = []

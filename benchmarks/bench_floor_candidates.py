@@ -1,7 +1,7 @@
 """LR containers for the quality floor: per photo, each candidate's LR bytes and its restore's Y-PSNR.
 
 For each photo (centre crop of at most ``--crop`` pixels, stored as PNG, z seed from its bytes): downscale
-once with the weights, store the LR in every candidate (``irn_batch.container``), read it back and restore
+once with the weights, store the LR in every candidate (``irn_batch.io.container``), read it back and restore
 it through ``rescale.restore_pixels`` at the checkpoint's default temperature, Y-PSNR with the paper's crop
 (``metrics.psnr_y``). Also the bf16 check's cost: the same restore in bf16 against fp32 for ``--bf16``
 candidates. Writes one JSON (records per photo) and a Markdown table of the means (bits per HR pixel,
@@ -23,10 +23,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from irn_batch.checkpoint import load_default  # noqa: E402
-from irn_batch.container import Encoding, encode, read_lr, write_lr  # noqa: E402
-from irn_batch.floor import DEFAULT_CANDIDATES, parse_candidate  # noqa: E402
-from irn_batch.imageio import decode_image  # noqa: E402
+from irn_batch.model.checkpoint import load_default  # noqa: E402
+from irn_batch.io.container import Encoding, encode
+from irn_batch.io.lr_file import read_lr, write_lr
+from irn_batch.quality_floor import DEFAULT_CANDIDATES, parse_candidate  # noqa: E402
+from irn_batch.io.decode import decode_image  # noqa: E402
 from irn_batch.metrics import psnr_y  # noqa: E402
 from irn_batch.rescale import content_seed, downscale_pixels, restore_pixels  # noqa: E402
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from irn_batch.model import IRN, IRNConfig  # noqa: E402
 from irn_batch.model.coupling import DenseBlock  # noqa: E402
-from irn_batch.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, downscale_tiled, upscale_tiled  # noqa: E402
+from irn_batch.rescale.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, downscale_tiled, upscale_tiled  # noqa: E402
 
 # ---- baseline: the official module as one would port it (NCHW, torch.cat before every conv) ----
 
@@ -215,7 +215,7 @@ MEMCHECK = r"""
 import resource, sys, time, torch
 sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
 from bench_model import perturbed, rss_bytes
-from irn_batch.tiling import downscale_tiled, upscale_tiled
+from irn_batch.rescale.tiling import downscale_tiled, upscale_tiled
 m, s, h, w = perturbed(4), 4, {h}, {w}
 if {mode!r} == "down":
     x = (torch.rand(1, 3, h, w),); fn, out_bytes = downscale_tiled, 3 * h * w // 16 * 4
@@ -256,7 +256,7 @@ def models(scale: int) -> list[tuple[str, IRN]]:
     out = [("random", perturbed(scale))]
     path = ROOT / f"irn_batch/weights/irn_x{scale}.safetensors"
     if path.exists():
-        from irn_batch.checkpoint import load_checkpoint  # noqa: PLC0415
+        from irn_batch.model.checkpoint import load_checkpoint  # noqa: PLC0415
 
         out.append((f"trained {path.name}", load_checkpoint(path).model.eval()))
     return out
@@ -264,7 +264,7 @@ def models(scale: int) -> list[tuple[str, IRN]]:
 
 def round_trip(model: IRN, hr: torch.Tensor, precision: str, tile: int | None, overlap: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(8-bit LR, restored HR) with a fixed z (seed 0); tiled when ``tile`` is given."""
-    from irn_batch.transforms import quantize_8bit, sample_z  # noqa: PLC0415
+    from irn_batch.model.transforms import quantize_8bit, sample_z  # noqa: PLC0415
 
     with torch.inference_mode():
         if tile:
@@ -344,7 +344,7 @@ def bench_lossy(scales, size: int, repeats: int) -> list[dict]:
     The two are timed alternately in one loop (medians; which goes first alternates too), so machine load
     hits both alike; the allowed slowdown is the recovery module's share of the convolution MACs (issue 9).
     """
-    from irn_batch.checkpoint import default_weights_path, load_checkpoint  # noqa: PLC0415
+    from irn_batch.model.checkpoint import default_weights_path, load_checkpoint  # noqa: PLC0415
 
     rows = []
     for scale in scales:

@@ -36,13 +36,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from irn_batch.checkpoint import checkpoint_bytes, checkpoint_from_bytes, default_weights_path  # noqa: E402
-from irn_batch.container import encode  # noqa: E402
-from irn_batch.floor import DEFAULT_CANDIDATES, choose_lr, parse_candidate  # noqa: E402
-from irn_batch.imageio import decode_image  # noqa: E402
+from irn_batch.model.checkpoint import checkpoint_bytes, checkpoint_from_bytes, default_weights_path  # noqa: E402
+from irn_batch.io.container import encode  # noqa: E402
+from irn_batch.quality_floor import DEFAULT_CANDIDATES, choose_lr, parse_candidate  # noqa: E402
+from irn_batch.io.decode import decode_image  # noqa: E402
 from irn_batch.model import IRN, IRNConfig  # noqa: E402
 from irn_batch.rescale import content_seed, downscale_image, restore_image  # noqa: E402
-from irn_batch.manifest import read_manifest  # noqa: E402
+from irn_batch.storage.manifest import read_manifest  # noqa: E402
 from irn_batch.storage import open_fs  # noqa: E402
 
 
@@ -344,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from irn_batch.pipeline.config import IngestConfig, RestoreConfig, load_config
+    from irn_batch.pipeline.config import IngestConfig, RestoreConfig
+    from irn_batch.settings import load_config
     from irn_batch.pipeline.ingest import run_ingest
     from irn_batch.pipeline.restore import run_restore
 

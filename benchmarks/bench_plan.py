@@ -30,7 +30,7 @@ def lay_out(work: Path, n: int) -> None:
     import pyarrow.parquet as pq
 
     sys.path.insert(0, str(ROOT))
-    from irn_batch.manifest import INGEST_SCHEMA
+    from irn_batch.storage.manifest import INGEST_SCHEMA
 
     keys = [f"d{i // 1000:04d}/img{i:07d}.png" for i in range(n)]
     for d in sorted({k.split("/", 1)[0] for k in keys}):
@@ -57,7 +57,8 @@ def lay_out(work: Path, n: int) -> None:
 CHILD = r"""
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
-from irn_batch.pipeline.config import IngestConfig, RestoreConfig, load_config
+from irn_batch.pipeline.config import IngestConfig, RestoreConfig
+from irn_batch.settings import load_config
 from irn_batch.pipeline import ingest, restore
 warm, work, which = sys.argv[2], sys.argv[3], sys.argv[4]
 def peak():

@@ -28,9 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from irn_batch.checkpoint import load_checkpoint  # noqa: E402
-from irn_batch.container import write_lr  # noqa: E402
-from irn_batch.imageio import DecodedImage, decode_image  # noqa: E402
+from irn_batch.model.checkpoint import load_checkpoint  # noqa: E402
+from irn_batch.io.lr_file import write_lr
+from irn_batch.io.decode import DecodedImage, decode_image  # noqa: E402
 from irn_batch.metrics import bicubic_lr, psnr_y  # noqa: E402
 from irn_batch.rescale import downscale_image, read_lr, restore_image  # noqa: E402
 from training.codec import decode, encode  # noqa: E402

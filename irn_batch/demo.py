@@ -17,10 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from irn_batch.checkpoint import default_weights_path
-from irn_batch.container import avif_available, encode, read_lr
-from irn_batch.imageio import decode_image, to_uint8
+from irn_batch.model.checkpoint import default_weights_path
+from irn_batch.io.container import avif_available, encode
+from irn_batch.io.lr_file import read_lr
+from irn_batch.io.colour import to_uint8
+from irn_batch.io.decode import decode_image
 from irn_batch.metrics import bicubic_lr, bicubic_resize, psnr_y
+from irn_batch.storage import write_object
 
 
 def _row(images: list[np.ndarray], gap: int = 4) -> np.ndarray:
@@ -63,11 +66,12 @@ def main(argv: list[str] | None = None) -> int:
               "trained); rerun when they are there, or pass --model PATH", file=sys.stderr)
         return 2
 
-    from irn_batch.manifest import read_manifest
-    from irn_batch.pipeline.config import IngestConfig, RestoreConfig, load_config
+    from irn_batch.storage.manifest import read_manifest
+    from irn_batch.pipeline.config import IngestConfig, RestoreConfig
+    from irn_batch.settings import load_config
     from irn_batch.pipeline.ingest import run_ingest
     from irn_batch.pipeline.restore import run_restore
-    from irn_batch.rd import smallest_reaching
+    from irn_batch.evaluation.rd import smallest_reaching
     from irn_batch.storage import open_fs
 
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="irn_demo_"))
@@ -123,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(IRN/JPEG {ratio.get('jpeg', float('nan')):.2f}) and {totals['avif']} bytes as AVIF "
           f"(IRN/AVIF {ratio.get('avif', float('nan')):.2f}); docs/results/rd/ has the full comparison")
     picture = out / "side_by_side.png"
-    picture.write_bytes(encode(_stack(pictures)))
+    write_object(str(picture), encode(_stack(pictures)))
     print(f"side-by-side (original | LR | restored | bicubic): {picture}")
     return 0
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from irn_batch.transforms import pad_to_multiple
+from irn_batch.model.transforms import pad_to_multiple
 
 
 def _to_float(x: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from irn_batch.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from irn_batch.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from irn_batch.model import IRN, IRNConfig
 
 

@@ -59,8 +59,8 @@ def ray_session(test_env):
     """One embedded local Ray for the whole session (address='local': never joins another cluster)."""
     import ray
 
-    from irn_batch.pipeline.common import init_ray
-    from irn_batch.pipeline.config import RayConfig
+    from irn_batch.cluster import init_ray
+    from irn_batch.cluster import RayConfig
 
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024**2,

@@ -9,8 +9,9 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from irn_batch.manifest import read_manifest
-from irn_batch.pipeline.config import IngestConfig, RestoreConfig, load_config
+from irn_batch.storage.manifest import read_manifest
+from irn_batch.pipeline.config import IngestConfig, RestoreConfig
+from irn_batch.settings import load_config
 from irn_batch.pipeline.ingest import run_ingest
 from irn_batch.pipeline.restore import run_restore
 from irn_batch.storage import open_fs
@@ -94,14 +95,17 @@ def test_bad_inputs_end_as_ok_or_clear_error_rows(ray_session, tmp_path, tiny_ck
             assert want in r["error"].lower() and "\n" not in r["error"], f"{key}: {r['error']}"
 
     # every ok LR restores to its original (upright) size
-    rcfg = load_config(RestoreConfig, None, [f"input={tmp_path / 'lr'}", f"output={tmp_path / 'hr'}", *common])
+    rcfg = load_config(RestoreConfig, None, [f"input={tmp_path / 'lr'}", f"output={tmp_path / 'hr'}", "format=png",
+                                             *common])
     rs = run_restore(rcfg)
     assert (rs["ok"], rs["error"]) == (n_ok, 0)
     for key, want in expected.items():
         if isinstance(want, tuple):
             out = tmp_path / "hr" / key.replace(".jpg", ".png").replace(".tif", ".png")
             img = Image.open(out)
-            assert img.size == want and img.mode == ("RGBA" if key == "rgba.png" else "RGB"), key
+            # gray sources come back gray, 16-bit and float ones as 16-bit gray PNGs (issue 13)
+            mode = {"rgba.png": "RGBA", "gray.png": "L", "gray16.png": "I;16", "float.tif": "I;16"}.get(key, "RGB")
+            assert img.size == want and img.mode == mode, key
 
     # a rerun redoes nothing yet gives every input a row; retry_errors=true redoes the errors
     again = run_ingest(cfg)

@@ -57,3 +57,28 @@ def test_bench_model_times_plain_and_lossy_weights_and_counts_the_recovery_share
     assert rec == 2 * 8 * 8 * 3 * 4 * 9  # two 3x3 convs, 3->4 and 4->3 channels, at 8x8 LR pixels
     assert total > rec
     assert "| x2 |" in bench.lossy_table(rows)
+
+
+def test_temperature_table_scores_every_temperature_per_model(tmp_path, calm_ckpt_path):
+    data = tmp_path / "val"
+    data.mkdir()
+    for i in range(2):
+        Image.fromarray(smooth_image(48, 64, seed=i)).save(data / f"im{i}.png")
+    out = tmp_path / "out"
+    assert _script("temperature").main(["--model", str(calm_ckpt_path), "--data", str(data), "--draws", "2",
+                                        "--out", str(out)]) == 0
+    result = json.loads((out / "temperature.json").read_text())
+    (m,) = result["models"]
+    assert list(m["mean"]) == ["0", "0.25", "0.5", "1"] and len(m["per_image"]) == 2
+    assert all(math.isfinite(v) for v in m["mean"].values())
+    # z noise can only move the restore away from the z = 0 one, which these weights were scored with
+    assert m["mean"]["1"] < m["mean"]["0"]
+    assert f"`{m['model_id']}`" in (out / "temperature.md").read_text()
+
+
+def test_bench_cli_times_each_quick_command(tmp_path):
+    out = tmp_path / "cli.json"
+    assert _script("bench_cli").main(["--runs", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [r["command"] for r in result["rows"]] == ["--help", "info LR", "info checkpoint", "bad argument"]
+    assert all(r["median_s"] > 0 and r["runs"] == 1 for r in result["rows"])

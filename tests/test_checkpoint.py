@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from conftest import random_irn
-from irn_batch.checkpoint import (
+from irn_batch.model.checkpoint import (
     CheckpointError,
     checkpoint_bytes,
     checkpoint_from_bytes,

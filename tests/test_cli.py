@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from irn_batch.checkpoint import default_weights_path
+from irn_batch.model.checkpoint import default_weights_path
 from irn_batch.cli import main
 
 
@@ -187,7 +187,7 @@ def test_default_weights_or_a_clear_error(capsys, tmp_path, samples_dir):
 
 
 def test_external_subcommands_are_wired(capsys):
-    for name, module in (("verify", "irn_batch.pipeline.verify"), ("evaluate", "irn_batch.evaluate")):
+    for name, module in (("verify", "irn_batch.pipeline.verify"), ("evaluate", "irn_batch.cli.evaluate")):
         try:
             __import__(module)
         except ImportError:
@@ -212,7 +212,7 @@ def test_python_dash_m_entry_point(tmp_path):
 @pytest.mark.parametrize("suffix,container", [(".webp", "webp"), (".jpg", "jpeg"), (".jpeg", "jpeg"),
                                               (".avif", "avif"), (".png", "png")])
 def test_lr_container_follows_the_output_suffix(capsys, tmp_path, sample, tiny_ckpt_path, suffix, container):
-    from irn_batch.container import avif_available, container_of
+    from irn_batch.io.container import avif_available, container_of
 
     if container == "avif" and not avif_available():
         pytest.skip("this Pillow has no AVIF")
@@ -264,7 +264,7 @@ def test_jpeg_lr_of_an_image_with_alpha_is_refused(capsys, tmp_path, tiny_ckpt_p
 
 def test_upscale_finds_the_shipped_weights_by_the_recorded_model_id(capsys, tmp_path, samples_dir, tiny_ckpt_path):
     """No --model: the LR's recorded id picks the shipped weights; an id that no shipped file has is refused."""
-    from irn_batch.checkpoint import weights_dir
+    from irn_batch.model.checkpoint import weights_dir
 
     shipped = sorted(weights_dir().glob("irn_x4*.safetensors"))
     if not shipped:
@@ -286,8 +286,8 @@ def test_upscale_finds_the_shipped_weights_by_the_recorded_model_id(capsys, tmp_
 def test_lossy_lr_containers_get_the_compression_aware_weights(capsys, tmp_path, samples_dir):
     """`downscale -o x.webp` (.jpg, .avif) with no --model uses the shipped lossy weights of its scale (x2, x4);
     PNG keeps the plain ones; `upscale` without --model finds either by the LR's recorded model id."""
-    from irn_batch.checkpoint import default_weights_path, read_metadata
-    from irn_batch.container import avif_available
+    from irn_batch.model.checkpoint import default_weights_path, read_metadata
+    from irn_batch.io.container import avif_available
 
     small = tmp_path / "small.png"
     Image.open(samples_dir / "chelsea.png").crop((40, 40, 88, 80)).save(small)
@@ -315,3 +315,27 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path, samples_dir):
                           stderr=subprocess.PIPE, text=True, timeout=120)
     os.close(write_end)
     assert proc.returncode == 141 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_help_info_and_argument_errors_never_import_torch(tmp_path, capsys, sample, tiny_ckpt_path):
+    """What answers at once (issue 19): --help, info of an LR or a checkpoint, and argument errors run
+    without torch, which is what made them take 1.5 s or more (benchmarks/bench_cli.py times them)."""
+    lr = tmp_path / "lr.webp"
+    assert main(["downscale", str(sample), "-o", str(lr), "--model", str(tiny_ckpt_path)]) == 0
+    calls = [["--help"], ["downscale", "--help"], ["info", str(lr)], ["info", str(tiny_ckpt_path)],
+             ["downscale", str(sample), "-o", str(tmp_path / "x.bmp")], ["upscale", str(lr)],
+             ["downscale", str(sample), "-o", str(tmp_path / "y.png"), "--tile", "3"]]
+    script = (
+        "import sys, json\n"
+        "from irn_batch.cli import main\n"
+        "codes = []\n"
+        f"for argv in {calls!r}:\n"
+        "    try:\n"
+        "        codes.append(main(argv))\n"
+        "    except SystemExit as e:\n"
+        "        codes.append(e.code)\n"
+        "print(json.dumps({'codes': codes, 'torch': 'torch' in sys.modules}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"codes": [0, 0, 0, 0, 2, 2, 2], "torch": False}, out.stderr

@@ -1,4 +1,4 @@
-"""Colour rules of irn_batch.imageio: ICC profiles are converted to sRGB at decode (issue 10, items 5 and 6).
+"""Colour rules of irn_batch.io.decode: ICC profiles are converted to sRGB at decode (issue 10, items 5 and 6).
 
 The profiles are written byte by byte (tests/icc_profiles.py); the expected values come from Pillow's
 ImageCms applied independently to the stored pixels, as a colour-managed viewer would.
@@ -15,7 +15,8 @@ from PIL import Image, ImageCms
 from icc_profiles import cmyk_profile, gray_profile, rgb_profile
 from png_bytes import iccp, png16, with_chunk
 from irn_batch.cli import main
-from irn_batch.imageio import decode_image, to_uint8
+from irn_batch.io.colour import to_uint8
+from irn_batch.io.decode import decode_image
 
 RNG = np.random.default_rng(2024)
 SRGB = ImageCms.createProfile("sRGB")

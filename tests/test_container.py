@@ -1,4 +1,4 @@
-"""LR containers (irn_batch.container): metadata round trips, pixels, alpha rule, output encodings."""
+"""LR containers (irn_batch.io.container): metadata round trips, pixels, alpha rule, output encodings."""
 from __future__ import annotations
 
 import io
@@ -7,20 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from irn_batch.container import (
-    LR_CONTAINERS,
-    ContainerError,
-    Encoding,
-    LRMeta,
-    avif_available,
-    container_of,
-    encode,
-    encoding_for_path,
-    read_lr,
-    read_lr_meta,
-    write_lr,
-)
-from irn_batch.imageio import ImageError, decode_image
+from irn_batch.io.container import LR_CONTAINERS, ContainerError, Encoding, avif_available, container_of, encode, encoding_for_path
+from irn_batch.io.lr_file import LRMeta, read_lr, read_lr_meta, write_lr
+from irn_batch.io.decode import ImageError, decode_image
 from irn_batch.rescale import downscale_image, restore_image
 
 RNG = np.random.default_rng(7)
@@ -130,7 +119,7 @@ def test_version_1_png_lrs_still_read():
 
 @pytest.mark.parametrize("enc", EVERY_LR, ids=lambda e: e.label)
 def test_model_refusal_and_restore_in_every_container(enc, tiny_ckpt, other_ckpt_path):
-    from irn_batch.checkpoint import load_checkpoint
+    from irn_batch.model.checkpoint import load_checkpoint
 
     hr = decode_image(encode(smooth(30, 22)))
     lr, meta = downscale_image(tiny_ckpt, hr, z_seed=4, encoding=enc)
@@ -142,6 +131,6 @@ def test_model_refusal_and_restore_in_every_container(enc, tiny_ckpt, other_ckpt
 
 
 def test_lr_suffixes_cover_the_lr_containers():
-    from irn_batch.container import LR_SUFFIXES
+    from irn_batch.io.container import LR_SUFFIXES
 
     assert {encoding_for_path("x" + s).container for s in LR_SUFFIXES} == set(LR_CONTAINERS)

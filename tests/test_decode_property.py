@@ -20,8 +20,8 @@ from PIL import Image, ImageCms
 
 from icc_profiles import cmyk_profile, rgb_profile
 from png_bytes import png16, with_chunk
-from irn_batch.container import Encoding, encode
-from irn_batch.imageio import ImageError, decode_image
+from irn_batch.io.container import Encoding, encode
+from irn_batch.io.decode import ImageError, decode_image
 from irn_batch.rescale import downscale_image, restore_image
 
 # Same examples every run, no example database on disk; tiny_ckpt is read-only, so sharing it across examples is fine.

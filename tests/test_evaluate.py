@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from irn_batch.cli import main
-from irn_batch.checkpoint import load_checkpoint
-from irn_batch.evaluate import bicubic_restore, evaluate, markdown, score
+from irn_batch.model.checkpoint import load_checkpoint
+from irn_batch.evaluation.paper_table import bicubic_restore, evaluate, markdown, score
 from irn_batch.metrics import bicubic_lr, psnr_y
 
 Y_GAIN = (65.481 + 128.553 + 24.966) / 255.0  # dY per unit (0..255) change of R = G = B

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
-from irn_batch.manifest import read_manifest
+from irn_batch.storage.manifest import read_manifest
 from irn_batch.pipeline.entry import job_main
 from irn_batch.storage import StorageConfig, StorageUnavailable, atomic_write, open_fs
 

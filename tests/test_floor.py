@@ -1,4 +1,4 @@
-"""The quality floor (irn_batch.floor): cheapest candidate against brute force, fallbacks, settings."""
+"""The quality floor (irn_batch.quality_floor): cheapest candidate against brute force, fallbacks, settings."""
 from __future__ import annotations
 
 import io
@@ -11,13 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from irn_batch.checkpoint import load_checkpoint
-from irn_batch.container import Encoding, write_lr
-from irn_batch.floor import (BF16_MARGIN_DB, DEFAULT_CANDIDATES, FloorConfigError, FloorError, candidates_for,
+from irn_batch.model.checkpoint import load_checkpoint
+from irn_batch.io.container import Encoding
+from irn_batch.io.lr_file import write_lr
+from irn_batch.quality_floor import (BF16_MARGIN_DB, DEFAULT_CANDIDATES, FloorConfigError, FloorError, candidates_for,
                              choose_lr, first_passing, make_policy, parse_candidate)
-from irn_batch.imageio import decode_image
+from irn_batch.io.decode import decode_image
 from irn_batch.metrics import psnr_y
-from irn_batch.pipeline.config import IngestConfig, load_config
+from irn_batch.pipeline.config import IngestConfig
+from irn_batch.settings import load_config
 from irn_batch.rescale import downscale_pixels, restore_image
 
 from pipeline_fixtures import png_bytes, smooth_image

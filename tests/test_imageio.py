@@ -1,4 +1,4 @@
-"""Decoding rules of irn_batch.imageio on real files made with Pillow (or written byte by byte)."""
+"""Decoding rules of irn_batch.io.decode on real files made with Pillow (or written byte by byte)."""
 from __future__ import annotations
 
 import io
@@ -9,12 +9,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from png_bytes import chunk, png16, with_chunk
-from irn_batch.imageio import (
-    DEFAULT_MAX_PIXELS,
-    ImageError,
-    decode_image,
-    to_uint8,
-)
+from irn_batch.io.colour import to_uint8
+from irn_batch.io.decode import DEFAULT_MAX_PIXELS, ImageError, decode_image
 
 RNG = np.random.default_rng(1234)
 

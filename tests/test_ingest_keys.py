@@ -8,8 +8,9 @@ import shutil
 
 from PIL import Image, features
 
-from irn_batch.manifest import read_manifest
-from irn_batch.pipeline.config import IngestConfig, load_config
+from irn_batch.storage.manifest import read_manifest
+from irn_batch.pipeline.config import IngestConfig
+from irn_batch.settings import load_config
 from irn_batch.pipeline.ingest import run_ingest
 from irn_batch.pipeline.verify import verify
 from irn_batch.storage import StorageConfig, open_fs

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from irn_batch.manifest import read_manifest
+from irn_batch.storage.manifest import read_manifest
 
 pytest_plugins = ["pipeline_fixtures"]
 

@@ -11,8 +11,9 @@ import tempfile
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from irn_batch.pipeline.config import IngestConfig, load_config
-from irn_batch.pipeline.ingest import plan
+from irn_batch.pipeline.config import IngestConfig
+from irn_batch.settings import load_config
+from irn_batch.pipeline.ingest_plan import plan
 from irn_batch.pipeline.read import read_stage
 from irn_batch.storage import StorageConfig, StorageError, open_uri, output_key
 

@@ -9,10 +9,12 @@ import os
 import pytest
 from PIL import Image
 
-from irn_batch.manifest import INGEST_SCHEMA, empty_row, to_table, write_part
-from irn_batch.pipeline.config import IngestConfig, load_config
+from irn_batch.storage.manifest import INGEST_SCHEMA, empty_row, to_table, write_part
+from irn_batch.pipeline.config import IngestConfig
+from irn_batch.settings import load_config
 from irn_batch.pipeline.entry import job_main
-from irn_batch.pipeline.ingest import plan, run_ingest
+from irn_batch.pipeline.ingest import run_ingest
+from irn_batch.pipeline.ingest_plan import plan
 from irn_batch.pipeline.read import read_stage
 from irn_batch.storage import (IMAGE_SUFFIXES, StorageConfig, StorageError, list_objects, open_fs, output_key,
                                stat_object)
@@ -39,7 +41,7 @@ def _items(p):
 
 
 def test_image_suffixes_cover_every_format_the_decoder_reads():
-    from irn_batch.imageio import _FORMATS
+    from irn_batch.io.decode import _FORMATS
 
     formats = set(_FORMATS) | ({"MPO"} if "JPEG" in _FORMATS else set())  # Pillow's JPEG opener returns MPOs
     registered = Image.registered_extensions()
@@ -245,7 +247,7 @@ def test_verify_counts_only_the_latest_attempt_per_input(tmp_path):
 
 
 def test_summary_reports_left_out_and_inputs_without_output():
-    from irn_batch.pipeline.common import Summary
+    from irn_batch.pipeline.job import Summary
 
     s = Summary("ingest", total=3, left_out=2)
     s.add({"status": "error", "source_uri": "a", "error": "x"}, None, None)

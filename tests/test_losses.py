@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from irn_batch.model import IRN, IRNConfig
-from irn_batch.transforms import quantize_8bit
+from irn_batch.model.transforms import quantize_8bit
 from training.losses import LossWeights, fit_loss, irn_loss, latent_loss, reconstruction_loss
 from training.loop import TrainConfig, build_model, load_state_bytes, new_optimizer, state_bytes, train_step
 from training.optim import Schedule

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pyarrow.dataset as pads
 import pytest
 
-from irn_batch.manifest import (INGEST_SCHEMA, ManifestWriter, empty_row, latest_table, new_job_id, read_manifest,
+from irn_batch.storage.manifest import (INGEST_SCHEMA, ManifestWriter, empty_row, latest_table, new_job_id, read_manifest,
                                 to_table, write_part)
 from irn_batch.storage import open_fs
 
@@ -55,7 +55,7 @@ def test_empty_manifest_reads_as_empty_table(tmp_path):
 
 
 def test_parts_written_before_a_column_existed_read_it_as_nulls(tmp_path):
-    from irn_batch.manifest import RESTORE_SCHEMA
+    from irn_batch.storage.manifest import RESTORE_SCHEMA
 
     fs, root = open_fs(str(tmp_path))
     old_schema = RESTORE_SCHEMA.remove(RESTORE_SCHEMA.get_field_index("settings"))

@@ -7,7 +7,7 @@ import torch
 from irn_batch.model import IRN, IRNConfig
 from irn_batch.model.coupling import AffineCoupling, DenseBlock
 from irn_batch.model.haar import HaarDownsampling
-from irn_batch.transforms import crop_to, pad_to_multiple, quantize_8bit, sample_z
+from irn_batch.model.transforms import crop_to, pad_to_multiple, quantize_8bit, sample_z
 
 
 def perturbed(scale: int, seed: int = 0, std: float = 0.02) -> IRN:

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from irn_batch.checkpoint import load_checkpoint
-from irn_batch.manifest import read_manifest
+from irn_batch.model.checkpoint import load_checkpoint
+from irn_batch.storage.manifest import read_manifest
 from irn_batch.metrics import psnr_y
-from irn_batch.pipeline.config import IngestConfig, RestoreConfig, load_config
+from irn_batch.pipeline.config import IngestConfig, RestoreConfig
+from irn_batch.settings import load_config
 from irn_batch.pipeline.ingest import run_ingest
 from irn_batch.pipeline.restore import RestoreError, run_restore
 from irn_batch.pipeline.verify import verify

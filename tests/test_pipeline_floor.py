@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from irn_batch.checkpoint import load_checkpoint
-from irn_batch.floor import parse_candidate
-from irn_batch.manifest import read_manifest
+from irn_batch.model.checkpoint import load_checkpoint
+from irn_batch.quality_floor import parse_candidate
+from irn_batch.storage.manifest import read_manifest
 from irn_batch.metrics import psnr_y
-from irn_batch.imageio import decode_image
-from irn_batch.pipeline.config import IngestConfig, RestoreConfig, load_config
+from irn_batch.io.decode import decode_image
+from irn_batch.pipeline.config import IngestConfig, RestoreConfig
+from irn_batch.settings import load_config
 from irn_batch.pipeline.entry import job_main
 from irn_batch.pipeline.ingest import run_ingest
 from irn_batch.pipeline.restore import run_restore
@@ -106,7 +107,7 @@ def test_restore_job_meets_the_floor_and_returns_kept_sources_byte_for_byte(floo
     fs, sources, target, ckpt = (floor_run[k] for k in ("fs", "sources", "target", "ckpt"))
     rows = _latest(fs, f"{BUCKET}/out/_manifest", floor_run["summary"]["job_id"])
     out = run_restore(load_config(RestoreConfig, None, [*floor_run["common"][:2], f"input=s3://{BUCKET}/out",
-                                                        f"output=s3://{BUCKET}/hr"]))
+                                                        f"output=s3://{BUCKET}/hr", "format=png"]))
     assert (out["ok"], out["error"]) == (4, 0)
     fs.invalidate_cache()
     for key, r in rows.items():
@@ -182,7 +183,7 @@ def test_bad_floor_settings_fail_in_one_line(tmp_path, capsys, override, message
 def test_shipped_weights_follow_the_container_and_restore_finds_them_by_model_id(floor_run, tmp_path):
     """No model=: a lossy LR container gets the shipped compression-aware weights where they exist (as in
     the CLI), and the restore job loads whichever shipped weights the ingest manifest records."""
-    from irn_batch.checkpoint import default_weights_path, read_metadata
+    from irn_batch.model.checkpoint import default_weights_path, read_metadata
 
     from pipeline_fixtures import png_bytes, smooth_image
 

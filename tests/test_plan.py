@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from irn_batch.manifest import INGEST_SCHEMA, RESTORE_SCHEMA, empty_row, to_table, write_part
-from irn_batch.pipeline.config import IngestConfig, RestoreConfig, load_config
-from irn_batch.pipeline.ingest import plan
+from irn_batch.storage.manifest import INGEST_SCHEMA, RESTORE_SCHEMA, empty_row, to_table, write_part
+from irn_batch.pipeline.config import IngestConfig, RestoreConfig
+from irn_batch.settings import load_config
+from irn_batch.pipeline.ingest_plan import plan
 from irn_batch.pipeline.restore import RestoreError, output_settings
 from irn_batch.pipeline.restore import plan as restore_plan
 from irn_batch.storage import StorageError, open_fs
@@ -28,12 +29,14 @@ def _plan(tmp_path, keys, previous=(), *extra):
     return {r["key"]: r for r in items.to_pylist()}, {r["key"]: r for r in left.to_pylist()}
 
 
-def test_keys_are_named_and_clashes_go_to_the_first_input(tmp_path):
+def test_keys_are_named_and_a_clash_keeps_the_second_inputs_suffix(tmp_path):
     items, left = _plan(tmp_path, ["a.png", "sub/b.jpg", "a.jpg", "../up.png"])
     assert list(items) == ["a.png", "sub/b.jpg", "a.jpg", "../up.png"] and not left
     assert items["sub/b.jpg"]["lr_uri"] == f"{tmp_path}/lr/sub/b"  # the LR stem: the actor adds the suffix
     assert items["sub/b.jpg"]["source_uri"] == f"{tmp_path}/in/sub/b.jpg" and items["a.png"]["pre_error"] is None
-    assert "already used by input 'a.png'" in items["a.jpg"]["pre_error"] and items["a.jpg"]["lr_uri"] is None
+    # a.jpg beside a.png (issue 13): the first keeps the stem, the second keeps its suffix in its own
+    assert items["a.png"]["lr_uri"] == f"{tmp_path}/lr/a"
+    assert items["a.jpg"]["pre_error"] is None and items["a.jpg"]["lr_uri"] == f"{tmp_path}/lr/a.jpg"
     assert items["../up.png"]["pre_error"].startswith("key: ") and items["../up.png"]["lr_uri"] is None
 
 
@@ -110,14 +113,18 @@ def test_restore_from_a_bare_lr_prefix_then_clashing_output_keys(tmp_path):
     assert items["s/b.png"]["lr_uri"] == f"{tmp_path}/lr/s/b.png" and items["s/b.png"]["lr_sha256"] is None
     assert items["a.png"]["out_uri"] == f"{tmp_path}/hr/a.jpg"
     assert items["a.jpg.png"]["out_uri"] == f"{tmp_path}/hr/a.jpg.jpg"
-    # inputs a.jpg and a.png both restore to a.png: the first in key order keeps it, the other is an error
+    # inputs a.jpg and a.png both restore to a.png with format=png: a.png, whose key it is, keeps it, and
+    # a.jpg keeps its suffix (issue 13); with format=source (the default) each keeps its own key
     fs, m = open_fs(f"{tmp_path}/lr/_manifest")
     rows = [empty_row(INGEST_SCHEMA, job_id="j", key=k, source_uri=f"in/{k}", lr_uri=f"{tmp_path}/lr/{k}.png",
                       model_id=MODEL, status="ok", finished_at=1.0) for k in ("a.png", "a.jpg")]
     write_part(fs, m, "ingest-old", 0, to_table(rows, INGEST_SCHEMA))
+    items = _restore_plan(tmp_path, "format=png")
+    assert items["a.png"]["out_uri"] == f"{tmp_path}/hr/a.png" and items["a.png"]["pre_error"] is None
+    assert items["a.jpg"]["out_uri"] == f"{tmp_path}/hr/a.jpg.png" and items["a.jpg"]["pre_error"] is None
     items = _restore_plan(tmp_path)
-    assert items["a.jpg"]["out_uri"] == f"{tmp_path}/hr/a.png" and items["a.jpg"]["pre_error"] is None
-    assert items["a.png"]["out_uri"] is None and "already used by 'a.jpg'" in items["a.png"]["pre_error"]
+    assert (items["a.png"]["out_uri"], items["a.png"]["out_container"]) == (f"{tmp_path}/hr/a.png", "png")
+    assert (items["a.jpg"]["out_uri"], items["a.jpg"]["out_container"]) == (f"{tmp_path}/hr/a.jpg", "jpeg")
 
 
 def test_restore_rerun_checks_earlier_restores_with_the_same_lr_model_and_settings(tmp_path):
@@ -127,9 +134,12 @@ def test_restore_rerun_checks_earlier_restores_with_the_same_lr_model_and_settin
     write_part(fs, m, "ingest-old", 0, to_table([
         empty_row(INGEST_SCHEMA, job_id="j", key=k, source_uri=f"in/{k}", lr_uri=f"{lr}/{k}", lr_sha256=f"lr-{k}",
                   model_id=MODEL, status="ok", finished_at=1.0) for k in keys], INGEST_SCHEMA))
-    cfg = load_config(RestoreConfig, None, [f"input={lr}", f"output={hr}"])
+    cfg = load_config(RestoreConfig, None, [f"input={lr}", f"output={hr}", "format=png"])
     png = output_settings(cfg, 0.0)
     assert png == "format=png temperature=0 precision=fp32 tile=512"
+    # the default (issue 13) is each original's own container
+    assert output_settings(load_config(RestoreConfig, None, [f"input={lr}", f"output={hr}"]), 0.0) == \
+        "format=source temperature=0 precision=fp32 tile=512"
 
     def done(key, **kw):
         row = dict(job_id="r", key=key, out_uri=f"{hr}/{key}", out_sha256=f"out-{key}", lr_sha256=f"lr-{key}",
@@ -141,12 +151,13 @@ def test_restore_rerun_checks_earlier_restores_with_the_same_lr_model_and_settin
         done("same.png"), done("lr_changed.png", lr_sha256="lr-before"), done("other_model.png", model_id="x"),
         done("failed.png"), done("failed.png", status="error", out_uri=None, out_sha256=None, finished_at=3.0),
         done("q.png", settings=png.replace("png", "webp quality=95"))], RESTORE_SCHEMA))
-    items = _restore_plan(tmp_path)
+    items = _restore_plan(tmp_path, "format=png")
     assert {k: (r["check_uri"], r["check_sha"]) for k, r in items.items() if r["check_sha"]} == {
         "same.png": (f"{hr}/same.png", "out-same.png")}
-    assert not any(r["check_sha"] for r in _restore_plan(tmp_path, "redo=true").values())
+    assert not any(r["check_sha"] for r in _restore_plan(tmp_path, "format=png", "redo=true").values())
     # another format, quality or temperature makes other bytes: nothing is skipped
-    assert not any(r["check_sha"] for r in _restore_plan(tmp_path, "temperature=1").values())
+    assert not any(r["check_sha"] for r in _restore_plan(tmp_path, "format=png", "temperature=1").values())
+    assert not any(r["check_sha"] for r in _restore_plan(tmp_path).values())  # format=source
     assert output_settings(load_config(RestoreConfig, None, ["input=a", "output=b", "format=jpg", "quality=80"]), 1.0) \
         == "format=jpeg quality=80 subsampling=4:2:0 temperature=1 precision=fp32 tile=512"
     with pytest.raises(RestoreError, match="unknown container 'gif'"):

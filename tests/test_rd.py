@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from irn_batch.bdrate import Curve, bd_psnr_db, bd_rate_pct, psnr_at_rate, rate_at_psnr, select, wins
-from irn_batch.checkpoint import load_checkpoint
+from irn_batch.evaluation.bdrate import Curve, bd_psnr_db, bd_rate_pct, psnr_at_rate, rate_at_psnr, select, wins
+from irn_batch.model.checkpoint import load_checkpoint
 from irn_batch.cli import main
-from irn_batch.container import Encoding, encode
-from irn_batch.evaluate import bicubic_restore
-from irn_batch.imageio import decode_image, to_uint8
+from irn_batch.io.container import Encoding, encode
+from irn_batch.evaluation.paper_table import bicubic_restore
+from irn_batch.io.colour import to_uint8
+from irn_batch.io.decode import decode_image
 from irn_batch.metrics import bicubic_lr, psnr_rgb, psnr_y
-from irn_batch.rd import Plan, mean_curves, measure_bicubic, measure_hr, measure_irn
+from irn_batch.evaluation.rd import measure_bicubic, measure_hr, measure_irn
+from irn_batch.evaluation.rd_curves import Plan, mean_curves
 from irn_batch.rescale import content_seed
 
 RATES = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
@@ -262,7 +264,8 @@ def test_rd_refuses_a_model_of_another_scale(tmp_path, tiny_x4_path, capsys):
 
 
 def test_smallest_reaching_is_the_cheapest_quality_that_reaches_the_target():
-    from irn_batch.rd import ENCODINGS, smallest_reaching
+    from irn_batch.evaluation.rd import smallest_reaching
+    from irn_batch.evaluation.rd_curves import ENCODINGS
 
     y, x = np.mgrid[0:48, 0:64].astype(np.float32)
     hr8 = np.clip(np.stack([128 + 90 * np.sin(x / 4 + k) * np.cos(y / 5) for k in range(3)], -1), 0, 255)

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from conftest import random_irn
-from irn_batch.checkpoint import checkpoint_bytes, checkpoint_from_bytes
+from irn_batch.model.checkpoint import checkpoint_bytes, checkpoint_from_bytes
 from irn_batch.model import IRN, IRNConfig
 from irn_batch.model.recovery import LRRecovery
-from irn_batch.tiling import upscale_tiled
-from irn_batch.transforms import sample_z
+from irn_batch.rescale.tiling import upscale_tiled
+from irn_batch.model.transforms import sample_z
 from training.data import bicubic_downscale
 from training.loop import TrainConfig, new_optimizer, train_step
 

@@ -8,13 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-from irn_batch import tiling
-from irn_batch.checkpoint import load_checkpoint
-from irn_batch.container import LRMeta, encode, read_lr, read_lr_meta
-from irn_batch.imageio import ImageError, decode_image
+from irn_batch.rescale import tiling
+from irn_batch.model.checkpoint import load_checkpoint
+from irn_batch.io.container import encode
+from irn_batch.io.lr_file import LRMeta, read_lr, read_lr_meta
+from irn_batch.io.decode import ImageError, decode_image
 from irn_batch.metrics import psnr_rgb
 from irn_batch.rescale import content_seed, downscale_image, restore_image
-from irn_batch.transforms import pad_to_multiple, sample_z
+from irn_batch.model.transforms import pad_to_multiple, sample_z
 
 RNG = np.random.default_rng(99)
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from irn_batch.pipeline.config import IngestConfig, SecretSettingError, load_config
+from irn_batch.pipeline.config import IngestConfig
+from irn_batch.settings import SecretSettingError, load_config
 from irn_batch.storage import secret_setting
 
 pytest_plugins = ["pipeline_fixtures"]

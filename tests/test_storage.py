@@ -93,3 +93,21 @@ def test_s3_atomic_write_and_listing(s3_endpoint):
     assert list_keys(fs, root) == ["k/x.png"]
     assert to_uri(fs, join_key(root, "k/x.png")) == "s3://storage-test/pre/k/x.png"
     assert fs.cat_file(join_key(root, "k/x.png")) == b"data"
+
+
+def test_list_images_lists_one_folder_level_or_one_file(tmp_path):
+    from irn_batch.storage import NoSuchFolder, list_images
+
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    for name in ("b.PNG", "a.jpg", "notes.txt", "sub/c.png"):
+        (tmp_path / "d" / name).write_bytes(b"x")
+    d = str(tmp_path / "d")
+    assert list_images(d) == [f"{d}/a.jpg", f"{d}/b.PNG"]
+    assert list_images(f"{d}/notes.txt") == [f"{d}/notes.txt"]
+    with pytest.raises(NoSuchFolder, match="no such folder or prefix"):
+        list_images(f"{d}/notes.txt", single=False)
+    for single in (True, False):
+        with pytest.raises(StorageError):
+            list_images(str(tmp_path / "nope"), single=single)
+        with pytest.raises(FileNotFoundError):
+            list_images(str(tmp_path / "nope"), single=single)

@@ -1,19 +1,20 @@
 """Tiled processing: the window grid, agreement with whole-image processing, no seams, bad arguments."""
 from __future__ import annotations
 
+from importlib import resources
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from irn_batch import tiling
 from irn_batch.metrics import psnr_y
 from irn_batch.model import IRN, IRNConfig
 from irn_batch.model.coupling import DenseBlock
-from irn_batch.tiling import _spans, downscale_tiled, upscale_tiled
-from irn_batch.transforms import quantize_8bit, sample_z
+from irn_batch.rescale.tiling import _spans, downscale_tiled, upscale_tiled
+from irn_batch.model.transforms import quantize_8bit, sample_z
 
-SAMPLE = tiling.__file__.replace("tiling.py", "samples/coffee.png")
+SAMPLE = str(resources.files("irn_batch") / "samples" / "coffee.png")
 
 
 def perturbed(scale: int, seed: int = 0) -> IRN:

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import random_irn
-from irn_batch.transforms import quantize_8bit
+from irn_batch.model.transforms import quantize_8bit
 from training.codec import CodecSpec, apply_codec, diff_jpeg, jpeg_rate_proxy, jpeg_tables, parse_codecs, real_codec
 from training.config import ConfigError, load_job_config
 from training.data import TrainImage, bicubic_downscale
@@ -118,7 +118,7 @@ def test_lossy_recipes_load_with_their_codec(recipe, codecs):
 def test_local_run_with_a_codec_resumes_and_keeps_the_best_lossy_restore(tmp_path):
     """training.local: a codec run writes model/best/state, resumes where it stopped, and its best.json is
     the best restore from the codec-stored LR (what such a run trains for), not the lossless one."""
-    from irn_batch.checkpoint import load_checkpoint
+    from irn_batch.model.checkpoint import load_checkpoint
     from training.local import run_local
 
     data = tmp_path / "data"
@@ -288,7 +288,7 @@ def test_training_report_draws_the_lossy_restore_and_the_rate():
 def test_packaged_lossy_weights_load_with_their_config_and_recipe(scale):
     from importlib import resources
 
-    from irn_batch.checkpoint import load_checkpoint
+    from irn_batch.model.checkpoint import load_checkpoint
 
     weights = resources.files("irn_batch") / "weights"
     ckpt = load_checkpoint(weights / f"irn_x{scale}_lossy.safetensors")

@@ -8,7 +8,7 @@ import json
 import pytest
 from safetensors import safe_open
 
-from irn_batch.checkpoint import checkpoint_from_bytes
+from irn_batch.model.checkpoint import checkpoint_from_bytes
 from irn_batch.storage import StorageConfig, open_fs
 from training.config import load_job_config
 

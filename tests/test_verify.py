@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from irn_batch.manifest import INGEST_SCHEMA, empty_row, to_table, write_part
+from irn_batch.storage.manifest import INGEST_SCHEMA, empty_row, to_table, write_part
 from irn_batch.pipeline import verify as verify_mod
 from irn_batch.storage import StorageConfig, atomic_write, leftover_temps, open_fs, sha256_hex
 
@@ -63,3 +63,37 @@ def test_leftover_temp_objects_are_reported_and_removed_when_old(tmp_path, capsy
 def test_ordinary_names_are_not_temp_objects(tmp_path, name):
     (tmp_path / name).write_bytes(b"x")
     assert leftover_temps(open_fs(str(tmp_path))[0], str(tmp_path)) == []
+
+
+def test_each_object_is_checked_against_its_latest_ok_row_and_all_checks_superseded_ones(tmp_path):
+    """Two jobs wrote one object (the later replaced it): the later row must match; --all checks both."""
+    fs, root = open_fs(str(tmp_path / "out"))
+    atomic_write(fs, f"{root}/a.png", b"second")
+    rows = [empty_row(INGEST_SCHEMA, job_id=j, key="a.png", source_uri=f"in{j}/a.png", status="ok",
+                      lr_uri=f"{root}/a.png", lr_bytes=len(d), lr_sha256=sha256_hex(d), finished_at=t)
+            for j, d, t in (("1", b"first", 1.0), ("2", b"second", 2.0))]
+    write_part(fs, f"{root}/_manifest", "j", 0, to_table(rows, INGEST_SCHEMA))
+    res = verify_mod.verify(root, StorageConfig(), out=io.StringIO())
+    assert (res["checked"], res["problems"], res["superseded"]) == (1, 0, 1)
+    res = verify_mod.verify(root, StorageConfig(), out=io.StringIO(), all_rows=True)
+    assert (res["checked"], res["problems"]) == (2, 1)
+    assert verify_mod.main([root, "--quiet", "--all"]) == 1 and verify_mod.main([root, "--quiet"]) == 0
+    # the latest row's object changed: reported, whatever row came before
+    atomic_write(fs, f"{root}/a.png", b"third!")
+    assert verify_mod.verify(root, StorageConfig(), out=io.StringIO())["problem_list"] == [
+        (f"{root}/a.png", "sha256 differs from the recorded one")]
+
+
+def test_a_moved_output_is_checked_where_it_is_and_keys_never_leave_it(tmp_path):
+    fs, root = _output(tmp_path, n=2)  # rows with absolute lr_uri only (as older versions wrote them)
+    os.rename(root, tmp_path / "moved")
+    out = io.StringIO()
+    res = verify_mod.verify(str(tmp_path / "moved"), StorageConfig(), out=out)
+    assert (res["checked"], res["problems"]) == (2, 0) and str(tmp_path / "moved" / "d" / "1.png") in out.getvalue()
+    moved = str(tmp_path / "moved")
+    rows = [empty_row(INGEST_SCHEMA, job_id="k", key="x.png", source_uri="in/x", status="ok", lr_uri=f"{moved}/x.png",
+                      lr_key="../../escape.png", lr_bytes=1, lr_sha256="0", finished_at=3.0)]
+    write_part(fs, f"{moved}/_manifest", "k", 0, to_table(rows, INGEST_SCHEMA))
+    res = verify_mod.verify(moved, StorageConfig(), out=io.StringIO())
+    (uri, problem), = res["problem_list"]
+    assert uri == f"{moved}/x.png" and problem.startswith("key: recorded location '../../escape.png'") and "'..'" in problem

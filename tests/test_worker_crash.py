@@ -11,9 +11,10 @@ import sys
 
 import ray.cloudpickle
 
-from irn_batch.manifest import read_manifest
+from irn_batch.storage.manifest import read_manifest
 from irn_batch.pipeline import ingest as ingest_mod
-from irn_batch.pipeline.config import IngestConfig, load_config
+from irn_batch.pipeline.config import IngestConfig
+from irn_batch.settings import load_config
 from irn_batch.pipeline.ingest import IngestActor
 from irn_batch.storage import open_fs
 

@@ -26,8 +26,10 @@ from kornia.color import rgb_to_ycbcr
 from kornia.enhance import jpeg_codec_differentiable
 from PIL import Image
 
-from irn_batch import container, imageio
-from irn_batch.container import Encoding
+from irn_batch.io import container
+from irn_batch.io import colour
+from irn_batch.io.decode import decode_image
+from irn_batch.io.container import Encoding
 
 # Pillow format names of the real codecs; "diffjpeg" is kornia's differentiable JPEG.
 REAL_CODECS = {"jpeg": "JPEG", "webp": "WEBP", "avif": "AVIF"}
@@ -89,14 +91,14 @@ class CodecSpec:
 
 
 def encode(rgb: np.ndarray, codec: str, quality: int) -> bytes:
-    """(h, w, 3) uint8 -> the codec's file bytes through ``irn_batch.container`` (the one module that owns
+    """(h, w, 3) uint8 -> the codec's file bytes through ``irn_batch.io.container`` (the one module that owns
     every container). JPEG and AVIF are 4:2:0, WebP lossy."""
     return container.encode(rgb, Encoding(codec, int(quality), None if codec == "webp" else "4:2:0"))
 
 
 def decode(data: bytes) -> np.ndarray:
-    """Codec bytes -> (h, w, 3) uint8, decoded by ``irn_batch.imageio`` as every image is."""
-    return imageio.to_uint8(imageio.decode_image(data).rgb)
+    """Codec bytes -> (h, w, 3) uint8, decoded by ``irn_batch.io.decode`` as every image is."""
+    return colour.to_uint8(decode_image(data).rgb)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -11,10 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from irn_batch.pipeline.config import SecretSettingError, refuse_secrets
+from irn_batch.settings import load_config
 from irn_batch.storage import StorageConfig
 from training.loop import TrainConfig
 
@@ -76,25 +75,12 @@ class ConfigError(ValueError):
 def load_job_config(yaml_path: str | Path | None, overrides: list[str] | None = None) -> JobConfig:
     """Schema <- YAML <- ``key=value`` overrides, checked: unknown keys, bad types or missing values raise."""
     try:
-        refuse_secrets(overrides)  # a credential on the command line is refused before anything else
-        cfg = OmegaConf.structured(JobConfig)
-        if yaml_path is not None:
-            if not Path(yaml_path).is_file():
-                raise ConfigError(f"{yaml_path}: no such config file")
-            loaded = OmegaConf.load(yaml_path)
-            refuse_secrets(None, loaded)
-            cfg = OmegaConf.merge(cfg, loaded)
-        if overrides:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-        missing = sorted(OmegaConf.missing_keys(cfg))
-        if missing:
-            raise ConfigError(f"missing required settings: {', '.join(missing)} (pass e.g. {missing[0]}=...)")
-        job: JobConfig = OmegaConf.to_object(cfg)
-    except SecretSettingError as e:
-        raise ConfigError(str(e)) from None
-    except OmegaConfBaseException as e:
+        job: JobConfig = load_config(JobConfig, yaml_path, overrides, require_file=True)
+    except OmegaConfBaseException as e:  # an unknown key or a wrong type: OmegaConf's first line
         where = f"{yaml_path}: " if yaml_path else ""
         raise ConfigError(where + str(e).splitlines()[0]) from None
+    except (FileNotFoundError, ValueError) as e:  # no such file, a credential, missing settings
+        raise ConfigError(str(e)) from None
     validate_job(job)
     return job
 

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from irn_batch.metrics import bicubic_resize
+from irn_batch.storage import list_images
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -21,15 +22,6 @@ def bicubic_downscale(hr: torch.Tensor, scale: int) -> torch.Tensor:
     """
     h, w = hr.shape[-2:]
     return bicubic_resize(hr, (h // scale, w // scale))
-
-
-def list_images(url: str) -> list[str]:
-    """Image files directly under ``url`` (local folder or fsspec prefix), sorted, as full URLs/paths."""
-    fs, root = fsspec.core.url_to_fs(url)
-    names = [p for p in fs.ls(root, detail=False) if p.lower().endswith(IMAGE_SUFFIXES)]
-    protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
-    prefix = "" if protocol in ("file", "local") else f"{protocol}://"
-    return [prefix + p for p in sorted(names)]
 
 
 def _decode_rgb(data: bytes) -> np.ndarray:
@@ -48,7 +40,7 @@ def load_images(
 ) -> list[TrainImage]:
     """Read and decode every image under ``url`` once (shard = (rank, world) keeps every world-th file)."""
     rank, world = shard
-    paths = list_images(url)[rank::world]
+    paths = list_images(url, single=False, suffixes=IMAGE_SUFFIXES)[rank::world]
     if not paths:
         raise FileNotFoundError(f"no training images under {url}")
     images = []

@@ -15,18 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from irn_batch.imageio import ImageError, decode_image
-from irn_batch.storage import IMAGE_SUFFIXES, StorageConfig, open_fs, to_uri
+from irn_batch.io.decode import ImageError, decode_image
+from irn_batch.storage import IMAGE_SUFFIXES, StorageConfig, list_images, open_fs
 from training.data import TrainImage, bicubic_downscale
 
 
 def list_image_uris(url: str, storage: StorageConfig | None = None) -> list[str]:
-    """Image files directly under ``url`` (sorted URIs without credentials)."""
-    fs, root = open_fs(url, storage)
-    if not fs.isdir(root):
-        raise FileNotFoundError(f"{url}: no such folder or prefix")
-    paths = [p for p in fs.ls(root, detail=False) if p.lower().endswith(IMAGE_SUFFIXES)]
-    return [to_uri(fs, p) for p in sorted(paths)]
+    """Image files directly under ``url`` (sorted URIs without credentials); FileNotFoundError if no folder."""
+    return list_images(url, storage, single=False)
 
 
 def _version(info: dict) -> str:

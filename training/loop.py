@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from irn_batch.checkpoint import checkpoint_bytes, checkpoint_from_bytes
+from irn_batch.model.checkpoint import checkpoint_bytes, checkpoint_from_bytes
 from irn_batch.metrics import bicubic_resize, psnr_y
 from irn_batch.model import IRN, IRNConfig
-from irn_batch.transforms import quantize_8bit
+from irn_batch.model.transforms import quantize_8bit
 from training.codec import CodecSpec, decode, encode, parse_codecs, to_uint8
 from training.data import TrainImage, bicubic_downscale
 from training.losses import LossWeights, irn_loss
@@ -104,9 +104,21 @@ def build_model(cfg: TrainConfig) -> IRN:
     return model
 
 
-def train_step(model, opt, hr, lr_ref, cfg: TrainConfig, it: int, generator=None) -> dict[str, float]:
-    """One optimisation step at iteration ``it`` (sets the scheduled learning rate first)."""
-    set_lr(opt, cfg.lr_schedule().lr_at(it, cfg.iterations))
+def native_bf16(device: torch.device) -> bool:
+    """True where bf16 autocast runs natively: CUDA devices with bf16, CPUs whose oneDNN reports bf16
+    support (AVX512-BF16 or AMX). Elsewhere bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def train_step(model, opt, hr, lr_ref, cfg: TrainConfig, it: int, generator=None,
+               lr_factor: float = 1.0) -> dict[str, float]:
+    """One optimisation step at iteration ``it`` (sets the scheduled learning rate, times ``lr_factor``, first)."""
+    set_lr(opt, lr_factor * cfg.lr_schedule().lr_at(it, cfg.iterations))
     model.train()
     opt.zero_grad(set_to_none=True)
     device = hr.device

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from irn_batch.model import IRN
-from irn_batch.transforms import quantize_8bit
+from irn_batch.model.transforms import quantize_8bit
 from training.codec import CodecSpec, apply_codec, jpeg_rate_proxy
 
 

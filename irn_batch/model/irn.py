@@ -10,7 +10,7 @@ from torch import nn
 from irn_batch.model.coupling import AffineCoupling
 from irn_batch.model.haar import HaarDownsampling
 from irn_batch.model.recovery import LRRecovery
-from irn_batch.transforms import quantize_8bit, sample_z
+from irn_batch.model.transforms import quantize_8bit, sample_z
 
 
 @dataclass(frozen=True)

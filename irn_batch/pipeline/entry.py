@@ -5,7 +5,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from irn_batch.pipeline.config import IngestConfig, RestoreConfig, SecretSettingError, load_config
+from irn_batch.errors import one_line
+from irn_batch.pipeline.config import IngestConfig, RestoreConfig
+from irn_batch.settings import SecretSettingError, load_config
 from irn_batch.storage import is_unreachable
 
 
@@ -31,16 +33,13 @@ def job_main(kind: str, default_config: Path, argv: list[str] | None = None, doc
     try:
         summary = run(cfg)
     except ValueError as e:  # a request that cannot run at all: wrong model, no such input, no GPUs, ...
-        print(f"{kind}: error: {one_line_message(e)}", file=sys.stderr)  # (storage faults: StorageError)
+        print(f"{kind}: error: {one_line(e, 2000)}", file=sys.stderr)  # (storage faults: StorageError)
         return 2
     except Exception as e:  # a storage fault that reached us untranslated: still one line, not a traceback
         if not (isinstance(e, OSError) or is_unreachable(e) or type(e).__module__.startswith("botocore")):
             raise
-        print(f"{kind}: error: storage: {type(e).__name__}: {one_line_message(e)}", file=sys.stderr)
+        print(f"{kind}: error: storage: {type(e).__name__}: {one_line(e, 2000)}", file=sys.stderr)
         return 2
     print(f"manifest: {summary['manifest']} (job {summary['job_id']})")
     return 1 if cfg.fail_on_error and summary["error"] else 0
 
-
-def one_line_message(e: BaseException) -> str:
-    return " ".join(str(e).split())[:2000] or type(e).__name__

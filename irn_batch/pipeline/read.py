@@ -9,7 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 
+from irn_batch.errors import one_line
 from irn_batch.storage import StorageConfig, StorageError, open_uri, read_limited, sha256_hex
+
+# Our own errors already word their messages for a user; a library's exception gets its type name in front.
+OWN_ERRORS = ("ImageError", "StorageError", "StorageUnavailable", "CheckpointError", "RescaleError")
 
 # columns the stage adds (pre_error is replaced: a read error joins any planning error)
 READ_COLUMNS = [("data", pa.large_binary()), ("read_s", pa.float64()), ("pre_error", pa.string()),
@@ -64,15 +68,12 @@ def read_record(r: dict, storage: StorageConfig, max_bytes: int, uri_col: str) -
         except FileNotFoundError:
             err, kind = "read: object not found", TRANSIENT
         except StorageError as e:  # over the size limit
-            err, kind = f"read: {one_line(e)}", INPUT
+            err, kind = f"read: {error_text(e)}", INPUT
         except Exception as e:  # one unreadable object must not stop the stream
-            err, kind = f"read: {one_line(e)}", TRANSIENT
+            err, kind = f"read: {error_text(e)}", TRANSIENT
     return blob, time.perf_counter() - t0, err, skip, kind
 
 
-def one_line(e: BaseException) -> str:
-    """An exception as one short line: 'Type: message' (or just the message for our own errors)."""
-    msg = " ".join(str(e).split()) or type(e).__name__
-    if type(e).__name__ in ("ImageError", "StorageError", "StorageUnavailable", "CheckpointError", "RescaleError"):
-        return msg[:500]
-    return f"{type(e).__name__}: {msg}"[:500]
+def error_text(e: BaseException) -> str:
+    """An exception as a manifest row's one line: our own errors by their message, a library's as 'Type: message'."""
+    return one_line(e, 500, typed=type(e).__name__ not in OWN_ERRORS)

@@ -1,11 +1,26 @@
 """On-demand restore: LR files (any LR container; from a manifest or an LR prefix) -> HR images at their original size.
 
+``format: source`` (the default) writes each restore in its original's container, under the source's
+own (made safe) key: a.jpg -> <output>/a.jpg as a JPEG at the quality estimated at ingest, a.png as a PNG,
+a.heic as HEIC (``irn_batch.io.container.source_encoding``; GIF, BMP, PPM and TGA originals become PNG under
+the key with a .png suffix). Without an ingest manifest (a bare LR prefix) nothing is known of the
+originals and ``source`` writes PNG. Any format writes a gray source gray, a 16-bit one at 16 bits where
+the container holds it (``irn_batch.io.container.restore_array``), and tags a restore whose original's ICC
+profile was converted at ingest as sRGB. Each row records the original's bytes, the output's depth, whether
+a deeper source became 8-bit and whether a lossless original came back as an IRN approximation.
+
+Where two inputs would restore to one output key (a.jpg and a.png with ``format: png``), the input whose
+key already is that output key keeps it, else the first in key order; the other gets its whole key plus
+the output suffix (a.jpg -> a.jpg.png).
+
 An ingest row that kept its source bytes (``fell_back``: the quality floor was not met) is restored by
 copying those bytes unchanged to the output under the source's own key (a.jpg -> <output>/a.jpg): the
 restore returns the original byte for byte, whatever ``format`` says.
 
 Same stream shape as ingest: items -> read stage (LR bytes) -> model actors (checksum, model id, restore
-with the recorded z seed, encode, atomic write) -> restore-manifest rows written by the driver.
+with the recorded z seed, encode, no-clobber write: :func:`write_output`) -> restore-manifest rows written by
+the driver. What a restore may write, and where it finds each LR and model, is decided by its plan
+(:mod:`irn_batch.pipeline.restore_plan`).
 
 Like ingest, a rerun into the same output is resumable: an input whose earlier restore there is ``ok``,
 from the same LR bytes, model and output settings, and whose object still has the recorded sha256, gets a
@@ -13,43 +28,36 @@ from the same LR bytes, model and output settings, and whose object still has th
 """
 from __future__ import annotations
 
-import fnmatch
 import time
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from irn_batch import tiling
-from irn_batch.container import LR_SUFFIXES, ContainerError, Encoding
-from irn_batch.manifest import MANIFEST_DIR, RESTORE_SCHEMA, ManifestWriter, empty_row, latest_table, new_job_id
-from irn_batch.manifest import part_paths, read_manifest, to_table
-from irn_batch.pipeline.common import Summary, load_model_bytes
-from irn_batch.pipeline.common import actor_model, all_true, check_outputs, finish_job, record_stream, stream_rows
+from irn_batch.rescale import tiling
+from irn_batch.model.checkpoint import CheckpointError
+from irn_batch.io.container import ContainerError, Encoding
+from irn_batch.storage.manifest import RESTORE_SCHEMA, ManifestWriter, empty_row, new_job_id, to_table
+from irn_batch.pipeline import locate
+from irn_batch.cluster import actor_model
+from irn_batch.model.checkpoint import load_model_bytes
+from irn_batch.pipeline.job import Summary, check_outputs, finish_job, record_stream
+from irn_batch.pipeline.stream import stream_rows
 from irn_batch.pipeline.config import RestoreConfig
-from irn_batch.pipeline.read import one_line
-from irn_batch.storage import StorageError, atomic_write, derived_key, join_key, list_keys, open_fs, output_key
-from irn_batch.storage import sha256_hex, to_uri
+from irn_batch.pipeline.hr_output import RestoreOptions, StageError, restore_lr
+from irn_batch.pipeline.read import error_text
+from irn_batch.pipeline.restore_plan import ITEM_SCHEMA, SOURCE, RestoreError, items_for, model_groups, plan_items
+from irn_batch.pipeline.restore_plan import refuse_other_models
+from irn_batch.storage import REPLACE_ANY, ObjectExists, StorageError, open_fs, to_uri
+from irn_batch.storage import write_guarded
 
-ITEM_SCHEMA = pa.schema([("key", pa.string()), ("lr_uri", pa.string()), ("out_uri", pa.string()),
-                         ("lr_sha256", pa.string()), ("model_id", pa.string()), ("z_seed", pa.int64()),
-                         ("width", pa.int64()), ("height", pa.int64()), ("check_uri", pa.string()),
-                         ("check_sha", pa.string()), ("pre_error", pa.string()), ("fell_back", pa.bool_())])
+__all__ = ["ITEM_SCHEMA", "NOT_OURS", "RestoreActor", "RestoreError", "output_encoding", "output_settings", "plan",
+           "run_restore", "write_output"]
+NOT_OURS = "and is not an earlier restore of this job's output; overwrite=true to replace"
 
-
-# from the ingest manifest
-PLAN_COLUMNS = ["key", "lr_uri", "lr_sha256", "model_id", "z_seed", "width", "height", "fell_back"]
-# from this output's own (restore) manifest, to find work already done
-DONE_COLUMNS = ["key", "out_uri", "out_sha256", "lr_sha256", "model_id", "settings", "status", "finished_at"]
-
-
-class RestoreError(ValueError):
-    """A restore request that cannot run at all (no such input, wrong model)."""
-
-
-def output_encoding(cfg: RestoreConfig) -> Encoding:
-    """The container of the restored images; RestoreError for an unknown one."""
+def output_encoding(cfg: RestoreConfig) -> Encoding | None:
+    """The container of the restored images (None for ``source``: per image); RestoreError for an unknown one."""
+    if str(cfg.format).lower() == SOURCE:
+        return None
     try:
         return Encoding(cfg.format, cfg.quality, cfg.subsampling)
     except ContainerError as e:
@@ -60,11 +68,22 @@ def output_settings(cfg: RestoreConfig, default_temperature: float) -> str:
     """The options besides model and LR that shape a restore's bytes, as one comparable string."""
     enc = output_encoding(cfg)
     temperature = default_temperature if cfg.temperature is None else float(cfg.temperature)
-    codec = f"format={enc.container}"
-    if not enc.lossless:  # quality and subsampling have no effect on a lossless container
+    codec = f"format={SOURCE}" if enc is None else f"format={enc.container}"
+    if enc is not None and not enc.lossless:  # quality and subsampling have no effect on a lossless container
         codec += f" quality={enc.quality}" + (f" subsampling={enc.subsampling}" if enc.container != "webp" else "")
     return (f"{codec} temperature={temperature:g} precision={cfg.actors.precision} "
             f"tile={cfg.actors.tile or tiling.DEFAULT_TILE}")
+
+
+def write_output(fs, path: str, data: bytes, rec: dict[str, Any], cfg: RestoreConfig) -> None:
+    """Write one restored object where nothing is, or over this output's own earlier restore of that path
+    (``rec["own_sha"]``: the sha256 its restore manifest last recorded there), or anywhere with
+    ``overwrite``; StorageError naming the object otherwise (it is left as it was)."""
+    try:
+        write_guarded(fs, path, data, REPLACE_ANY if cfg.overwrite else rec.get("own_sha"))
+    except ObjectExists as e:
+        msg = str(e)
+        raise StorageError(f"{msg} {NOT_OURS}" if msg.endswith(" exists") else f"{msg}; not written") from None
 
 
 class RestoreActor:
@@ -74,198 +93,108 @@ class RestoreActor:
         self.ckpt = actor_model(ckpt_bytes, cfg.actors)
         self.cfg, self.job_id = cfg, job_id
         self.settings = output_settings(cfg, self.ckpt.default_temperature)
-        self.encoding = output_encoding(cfg)
+        self.options = RestoreOptions(output_encoding(cfg), cfg.temperature, cfg.actors.tile, cfg.actors.precision,
+                                      cfg.storage)
+        fs_out, out_path = open_fs(cfg.output, cfg.storage)
+        self.out_root = to_uri(fs_out, out_path)  # out_key: out_uri relative to it
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return to_table([self.one(r) for r in batch.to_pylist()], RESTORE_SCHEMA)
 
     def one(self, rec: dict[str, Any]) -> dict[str, Any]:
-        from irn_batch.container import encode
-        from irn_batch.rescale import restore_image
-
         cfg = self.cfg
         row = empty_row(RESTORE_SCHEMA, job_id=self.job_id, key=rec["key"], lr_uri=rec["lr_uri"],
                         lr_sha256=rec["lr_sha256"], out_uri=rec["out_uri"], format=cfg.format,
                         settings=self.settings, model_id=self.ckpt.model_id, z_seed=rec["z_seed"],
-                        read_s=rec["read_s"])
+                        read_s=rec["read_s"], source_bytes=rec["source_bytes"],
+                        out_key=locate.relative_to(self.out_root, rec["out_uri"]))
         t0 = time.perf_counter()
         if rec["skip"]:  # a receipt: the earlier restore of this LR with these settings is intact
             row.update(status="skipped", out_sha256=rec["check_sha"], total_s=rec["read_s"], finished_at=time.time())
             return row
-        data, stage = rec["data"], "restore"
         try:
-            if rec["pre_error"] is not None or data is None:
+            if rec["pre_error"] is not None or rec["data"] is None:
                 raise StorageError(rec["pre_error"] or "read: no data")
-            got = sha256_hex(data)
-            if rec["lr_sha256"] and got != rec["lr_sha256"]:
-                raise StorageError(f"LR checksum mismatch: manifest has {rec['lr_sha256'][:16]}..., "
-                                   f"object has {got[:16]}... (modified or corrupt)")
-            row.update(lr_sha256=got, lr_bytes=len(data))
-            if rec["fell_back"]:  # the source bytes, kept by ingest: returned unchanged
-                stage, t1 = "write", time.perf_counter()
+            out = restore_lr(self.ckpt, rec, rec["data"], self.options)
+            t1 = time.perf_counter()
+            try:
                 fs, path = open_fs(rec["out_uri"], cfg.storage)
-                atomic_write(fs, path, data)
-                row.update(width=rec["width"], height=rec["height"], format="original", out_bytes=len(data),
-                           out_sha256=got, write_s=time.perf_counter() - t1, status="ok",
-                           total_s=(rec["read_s"] or 0.0) + time.perf_counter() - t0, finished_at=time.time())
-                return row
-            pixels = restore_image(self.ckpt, data, temperature=cfg.temperature, z_seed=rec["z_seed"],
-                                   tile=cfg.actors.tile, precision=cfg.actors.precision)
-            h, w = pixels.shape[:2]
-            if rec["width"] is not None and (w, h) != (rec["width"], rec["height"]):
-                raise StorageError(f"restored {w}x{h}, manifest says {rec['width']}x{rec['height']}")
-            row.update(width=w, height=h, model_s=time.perf_counter() - t0)
-            stage, t1 = "write", time.perf_counter()
-            out = encode(pixels, self.encoding)
-            fs, path = open_fs(rec["out_uri"], cfg.storage)
-            atomic_write(fs, path, out)
-            row.update(out_bytes=len(out), out_sha256=sha256_hex(out), write_s=time.perf_counter() - t1,
-                       status="ok")
+                write_output(fs, path, out.data, rec, cfg)
+            except Exception as e:
+                raise StageError("write", e) from e
+            encode_s = out.fields.pop("encode_s")
+            row.update(out.fields, status="ok", write_s=encode_s + time.perf_counter() - t1)
         except Exception as e:  # one bad LR becomes its own error row
-            msg = one_line(e)
-            row.update(status="error", out_uri=None, error=msg if msg.startswith("read:") else f"{stage}: {msg}")
+            stage, cause = (e.stage, e.error) if isinstance(e, StageError) else ("restore", e)
+            msg = error_text(cause)
+            row.update(status="error", out_uri=None, out_key=None,
+                       error=msg if msg.startswith("read:") else f"{stage}: {msg}")
         row.update(total_s=(rec["read_s"] or 0.0) + time.perf_counter() - t0, finished_at=time.time())
         return row
 
 
-def _manifest_path(fs, path: str) -> str | None:
-    """The manifest behind ``path``: a Parquet file, a folder of parts, or an ingest output's _manifest."""
-    if fs.isfile(path):
-        return path if path.endswith(".parquet") else None
-    sub = f"{path.rstrip('/')}/{MANIFEST_DIR}"
-    if fs.isdir(sub) and part_paths(fs, sub):
-        return sub
-    if fs.isdir(path) and any(p.endswith(".parquet") for p in fs.ls(path, detail=False)):
-        return path
-    return None
-
-
 def plan(cfg: RestoreConfig, model_id: str, settings: str) -> tuple[pa.Table, str]:
-    """(work items, this job's manifest dir): the latest ok row per input of an ingest manifest (filtered),
-    or every LR file (any LR container suffix) under an LR prefix; items already restored intact are marked to be checked, not redone.
+    """(work items, this job's manifest dir) for one model: :func:`plan_items`, with the items already
+    restored intact (same LR bytes, model, settings) marked to be checked, not redone.
 
-    Built in Arrow columns, like the ingest plan: no per-row Python objects survive planning.
+    RestoreError when the manifest records LRs of another model than ``model_id``.
     """
-    fs_in, in_path = open_fs(cfg.input, cfg.storage)
-    fs_out, out_path = open_fs(cfg.output, cfg.storage)
-    if not fs_in.exists(in_path):
-        raise RestoreError(f"{cfg.input}: no such manifest or prefix")
-    ext = output_encoding(cfg).suffix
-    mpath = _manifest_path(fs_in, in_path)
-    if mpath is not None:
-        table = read_manifest(fs_in, mpath, columns=["source_uri", "status", "finished_at", *PLAN_COLUMNS])
-        table = latest_table(table, "source_uri")
-        table = table.filter(pc.fill_null(pc.equal(table["status"], "ok"), False)).select(PLAN_COLUMNS)
-    else:
-        keys = list_keys(fs_in, in_path, [f"*{suffix}" for suffix in LR_SUFFIXES])
-        n = len(keys)
-        table = pa.table({"key": pa.array(keys, pa.string()),
-                          "lr_uri": pa.array([to_uri(fs_in, join_key(in_path, k)) for k in keys], pa.string()),
-                          "lr_sha256": pa.nulls(n, pa.string()), "model_id": pa.nulls(n, pa.string()),
-                          "z_seed": pa.nulls(n, pa.int64()), "width": pa.nulls(n, pa.int64()),
-                          "height": pa.nulls(n, pa.int64()), "fell_back": pa.nulls(n, pa.bool_())})
-        del keys
-    table = table.sort_by("key")
-    if cfg.keys is not None:
-        table = table.filter(pc.is_in(table["key"], value_set=pa.array(list(cfg.keys), pa.string())))
-    if cfg.glob:
-        table = table.filter(pa.array([fnmatch.fnmatchcase(k, cfg.glob) for k in table["key"].to_pylist()],
-                                      pa.bool_()))
-    if cfg.limit is not None:
-        table = table.slice(0, max(cfg.limit, 0))
-    recorded = pc.unique(pc.drop_null(table["model_id"])).to_pylist()
-    others = sorted(m for m in recorded if m != model_id)
-    if others:
-        raise RestoreError(f"model mismatch: the LRs were made by {', '.join(others)} but the loaded model is "
-                           f"{model_id}; pass model=<the matching checkpoint>")
-    outs, errors, owners = [], [], {}
-    for key, kept in zip(table["key"].to_pylist(), table["fell_back"].to_pylist()):
-        out = err = None
-        try:
-            # a source kept by ingest goes out unchanged, so under its own (made safe) key and suffix
-            out = to_uri(fs_out, join_key(out_path, output_key(key) if kept else derived_key(output_key(key), ext)))
-            if out in owners:
-                raise StorageError(f"output key already used by {owners[out]!r}")
-            owners[out] = key
-        except StorageError as e:
-            out, err = None, f"key: {e}"
-        outs.append(out)
-        errors.append(err)
-    del owners
-    table = table.append_column("out_uri", pa.array(outs, pa.string()))
-    table = table.append_column("pre_error", pa.array(errors, pa.string()))
-    manifest_dir = cfg.manifest or to_uri(fs_out, f"{out_path.rstrip('/')}/{MANIFEST_DIR}")
-    done = None if cfg.redo else _earlier_restores(manifest_dir, cfg)
-    return _mark_done(table, done, model_id, settings).select(ITEM_SCHEMA.names).cast(ITEM_SCHEMA), manifest_dir
-
-
-def _earlier_restores(manifest_dir: str, cfg: RestoreConfig) -> pa.Table:
-    """The latest attempt per key in this output's restore manifest (empty when there is none)."""
-    fs, path = open_fs(manifest_dir, cfg.storage)
-    done = latest_table(read_manifest(fs, path, RESTORE_SCHEMA, columns=DONE_COLUMNS), "key")
-    return done.drop_columns(["finished_at"]).rename_columns(["key", *(f"done_{c}" for c in DONE_COLUMNS[1:-1])])
-
-
-def _mark_done(items: pa.Table, done: pa.Table | None, model_id: str, settings: str) -> pa.Table:
-    """Add check_uri/check_sha: set where an ok restore of the same LR bytes, model and settings exists."""
-    n = items.num_rows
-    if done is None or done.num_rows == 0:
-        return items.append_column("check_uri", pa.nulls(n, pa.string())).append_column(
-            "check_sha", pa.nulls(n, pa.string()))
-    items = items.append_column("i", pa.array(np.arange(n, dtype=np.int64)))
-    t = items.join(done, "key", join_type="left outer").sort_by("i")
-    # an LR without a recorded checksum (bare prefix) compares as null: always redone
-    intact = all_true(pc.is_null(t["pre_error"]), pc.equal(t["done_status"], "ok"),
-                      pc.equal(t["done_out_uri"], t["out_uri"]), pc.equal(t["done_lr_sha256"], t["lr_sha256"]),
-                      pc.equal(t["done_model_id"], model_id), pc.equal(t["done_settings"], settings),
-                      pc.is_valid(t["done_out_sha256"]))
-    none = pa.scalar(None, pa.string())
-    t = t.append_column("check_uri", pc.if_else(intact, t["out_uri"], none))
-    return t.append_column("check_sha", pc.if_else(intact, t["done_out_sha256"], none))
-
-
-def recorded_model(cfg: RestoreConfig) -> str | None:
-    """The one model id an ingest manifest behind ``cfg.input`` records for its ok rows (None when there is
-    no manifest or it records none); RestoreError when it records several (pass model=...)."""
-    fs_in, in_path = open_fs(cfg.input, cfg.storage)
-    mpath = _manifest_path(fs_in, in_path) if fs_in.exists(in_path) else None
-    if mpath is None:
-        return None
-    table = read_manifest(fs_in, mpath, columns=["model_id", "status"])
-    ids = pc.unique(pc.drop_null(table.filter(pc.fill_null(pc.equal(table["status"], "ok"), False))["model_id"]))
-    ids = sorted(ids.to_pylist())
-    if len(ids) > 1:
-        raise RestoreError(f"{cfg.input}: the manifest records LRs of several models ({', '.join(ids)}); "
-                           "restore them one model at a time with model=<checkpoint>")
-    return ids[0] if ids else None
+    p = plan_items(cfg, output_encoding(cfg))
+    refuse_other_models(p.items, model_id)
+    return items_for(p.items, p.done, model_id, settings), p.manifest_dir
 
 
 def run_restore(cfg: RestoreConfig, log=print) -> dict[str, Any]:
     """Run one restore job; returns the summary dict (also printed).
 
-    Without ``model`` the job uses the shipped weights whose id the ingest manifest records (the
-    compression-aware ones for lossy LRs, say), else the shipped weights for ``scale``.
+    Without ``model`` each LR is restored by the shipped weights whose id it records (ingest manifest or
+    LR header; the compression-aware ones for lossy LRs, say), one actor pool per model; LRs that record
+    none get the shipped weights for ``scale``. A model id with no shipped weights makes error rows of its
+    LRs (RestoreError when no LR has a model to restore it).
     """
-    model_id = recorded_model(cfg) if cfg.model is None else None
-    ckpt_bytes, ckpt = load_model_bytes(cfg.model, cfg.scale, cfg.storage, model_id=model_id)
-    model_id, settings = ckpt.model_id, output_settings(cfg, ckpt.default_temperature)
-    check_outputs(cfg)  # fail before working: the output and manifest folder take a probe object
-    items, manifest_dir = plan(cfg, model_id, settings)
+    p = plan_items(cfg, output_encoding(cfg))  # refuses an output over its inputs: before any write
+    check_outputs(cfg, p.manifest_dir)  # fail before working: the output and manifest folder take a probe
     job_id = cfg.job_id or new_job_id("restore")
-    earlier = items.num_rows - items["check_sha"].null_count
-    log(f"restore {job_id}: {items.num_rows} LR images, model {model_id}, {settings}; {earlier} restored "
-        "before with these settings (checked by sha256, not redone; redo=true to restore them again)")
-    summary = Summary("restore", total=items.num_rows)
-    fs_m, m_path = open_fs(manifest_dir, cfg.storage)
+    groups, loaded, failed = model_groups(cfg, p), [], []
+    for model_id, items in groups:
+        try:
+            loaded.append((load_model_bytes(cfg.model, cfg.scale, cfg.storage, model_id=model_id), items))
+        except CheckpointError as e:
+            if cfg.model is not None or len(groups) == 1:
+                raise
+            failed.append((model_id, items, f"model: {error_text(e)}"))
+    if not loaded:
+        raise RestoreError(failed[0][2])
+    if cfg.model is not None:  # one checkpoint for all: the LRs must be its own
+        refuse_other_models(loaded[0][1], loaded[0][0][1].model_id)
+    total = p.items.num_rows
+    summary = Summary("restore", total=total)
+    fs_m, m_path = open_fs(p.manifest_dir, cfg.storage)
     writer = ManifestWriter(fs_m, m_path, job_id, RESTORE_SCHEMA, cfg.rows_per_part, seconds=cfg.progress_s,
                            spill_dir=cfg.storage.spill_dir)
-    if items.num_rows:
-        def lost(item: dict[str, Any], reason: str) -> dict[str, Any]:
-            return empty_row(RESTORE_SCHEMA, job_id=job_id, key=item["key"], lr_uri=item["lr_uri"],
-                             lr_sha256=item["lr_sha256"], format=cfg.format, settings=settings, model_id=model_id,
-                             z_seed=item["z_seed"], status="error", error=reason, finished_at=time.time())
 
-        batches = stream_rows(items, RestoreActor, "lr_uri", cfg, ckpt_bytes, job_id, lost)
-        record_stream(batches, summary, writer, ("lr_bytes", "out_bytes"), cfg.progress_s, log)
+    def lost_row(item: dict[str, Any], reason: str, model_id: str | None, settings: str | None) -> dict[str, Any]:
+        return empty_row(RESTORE_SCHEMA, job_id=job_id, key=item["key"], lr_uri=item["lr_uri"],
+                         lr_sha256=item["lr_sha256"], format=cfg.format, settings=settings, model_id=model_id,
+                         z_seed=item["z_seed"], status="error", error=reason, finished_at=time.time())
+
+    for model_id, items, reason in failed:  # LRs of a model that is not shipped: error rows, nothing lost
+        for batch in items.to_batches(1000):
+            rows = [lost_row(r, reason, model_id, None) for r in batch.to_pylist()]
+            for r in rows:
+                summary.add(r, None, None)
+            writer.add(rows)
+    ids = []
+    for (ckpt_bytes, ckpt), items in loaded:
+        model_id, settings = ckpt.model_id, output_settings(cfg, ckpt.default_temperature)
+        ids.append(model_id)
+        items = items_for(items, p.done, model_id, settings)
+        earlier = items.num_rows - items["check_sha"].null_count
+        log(f"restore {job_id}: {items.num_rows} LR images, model {model_id}, {settings}; {earlier} restored "
+            "before with these settings (checked by sha256, not redone; redo=true to restore them again)")
+        if items.num_rows:
+            batches = stream_rows(items, RestoreActor, "lr_uri", cfg, ckpt_bytes, job_id,
+                                  lambda item, reason, m=model_id, st=settings: lost_row(item, reason, m, st))
+            record_stream(batches, summary, writer, ("lr_bytes", "out_bytes"), cfg.progress_s, log)
     writer.flush()
-    return finish_job(summary, writer, job_id=job_id, manifest=manifest_dir, model_id=model_id)
+    return finish_job(summary, writer, job_id=job_id, manifest=p.manifest_dir, model_id=", ".join(ids))

@@ -6,7 +6,7 @@ by their actual bytes, and restores candidates through ``rescale.restore_pixels`
 code path, at the checkpoint's default temperature and the recorded z seed — until it has found the
 cheapest one whose restore reaches the target. Y-PSNR follows the IRN paper's protocol
 (``metrics.psnr_y``, BT.601 Y, ``crop`` = scale border pixels, less for images too small for it) against
-the decoded original (``imageio.decode_image``). A restore job with the same ``tile`` and precision
+the decoded original (``io.decode.decode_image``). A restore job with the same ``tile`` and precision
 (both default) gives exactly the measured pixels; other tile sizes differ by a rounding step.
 
 Search: restored PSNR is assumed to rise with the bytes of the candidates (true of one codec over its
@@ -32,10 +32,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from irn_batch.checkpoint import Checkpoint
-from irn_batch.container import LR_CONTAINERS, ContainerError, Encoding, LRMeta, avif_available, read_lr, write_lr
-from irn_batch.imageio import DecodedImage
+from irn_batch.model.checkpoint import Checkpoint
+from irn_batch.io.container import LR_CONTAINERS, ContainerError, Encoding, avif_available
+from irn_batch.io.lr_file import LRMeta, read_lr, write_lr
+from irn_batch.io.decode import DecodedImage
 from irn_batch.metrics import psnr_y
+from irn_batch.io.photo_metadata import PhotoMeta
 from irn_batch.rescale import PRECISIONS, downscale_pixels, restore_pixels
 
 FALLBACKS = ("original", "error")
@@ -240,6 +242,7 @@ def choose_lr(
     precision: str = "fp32",
     check_precision: str | None = None,
     prior: Mapping[Encoding | None, float] | None = None,
+    photo: PhotoMeta | None = None,
 ) -> StoredLR:
     """Store one image as the cheapest candidate whose restore reaches ``target_psnr`` (Y-PSNR, dB).
 
@@ -249,12 +252,13 @@ def choose_lr(
     unknown fallback; decoding or model errors propagate. ``precision`` is the downscale's;
     ``check_precision`` (default: the same) the check restores', where bf16 demands ``BF16_MARGIN_DB`` more.
     ``prior``: how often each candidate (None: the source kept) was stored for earlier images; the likeliest
-    are restored first. It never changes the answer when PSNR rises with bytes.
+    are restored first. It never changes the answer when PSNR rises with bytes. ``photo``: the photo
+    metadata written into every candidate (``lr_file.write_lr``), so its bytes count as stored.
     """
     if fallback not in FALLBACKS:
         raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
     pixels, meta = downscale_pixels(ckpt, img, z_seed=z_seed, tile=tile, precision=precision)
-    encoded = [(enc, write_lr(pixels, meta, enc)) for enc in candidates_for(candidates, img.alpha is not None)]
+    encoded = [(enc, write_lr(pixels, meta, enc, photo)) for enc in candidates_for(candidates, img.alpha is not None)]
     small = sorted((e for e in encoded if len(e[1]) < len(source_bytes)), key=lambda e: len(e[1]))  # stable
     crop = psnr_crop(meta.scale, img.width, img.height)
     check_precision = check_precision or precision

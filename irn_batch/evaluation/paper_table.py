@@ -9,29 +9,27 @@ Per image and as a mean, with Y-PSNR / Y-SSIM cropping ``scale`` border pixels (
   8 bits, upscaled with ``metrics.bicubic_resize``;
 * ``lr``: the model's 8-bit LR against the bicubic reference LR (no crop): how "normal" the LR looks.
 
-The model path is exactly the CLI's (``rescale.downscale_image`` -> PNG LR -> ``restore_image``).
+The command is ``irn-batch evaluate`` (``irn_batch.cli.evaluate``). The model path is exactly the CLI's (``rescale.downscale_image`` -> PNG LR -> ``restore_image``).
 Writes ``eval.md``, ``eval.json`` and ``grid.png`` (HR | IRN LR | IRN restore | bicubic restore crops)
 under ``--out``; an image that cannot be read is reported and skipped.
 """
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import math
 import sys
 import time
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
-from irn_batch.checkpoint import Checkpoint, CheckpointError, resolve_model
-from irn_batch.imageio import DecodedImage, ImageError, decode_image, to_uint8
+from irn_batch.model.checkpoint import Checkpoint
+from irn_batch.io.colour import to_uint8
+from irn_batch.io.decode import DecodedImage, ImageError, decode_image
 from irn_batch.metrics import bicubic_lr, bicubic_resize, psnr_y, ssim_y
-from irn_batch.container import read_lr
-from irn_batch.rescale import PRECISIONS, downscale_image, restore_image
-from irn_batch.storage import IMAGE_SUFFIXES, StorageConfig, StorageError, open_fs, to_uri
+from irn_batch.io.lr_file import read_lr
+from irn_batch.rescale import downscale_image, restore_image
+from irn_batch.storage import StorageConfig, StorageError, open_fs
 
 METHODS = ("irn_z", "irn_z0", "bicubic", "lr")
 LABELS = {
@@ -74,15 +72,6 @@ def evaluate_image(ckpt: Checkpoint, hr: np.ndarray, draws: int, tile: int | Non
     rows["lr"] = score(lr, bicubic_lr(hr, s), 0)
     shown = z0 if ckpt.default_temperature == 0 or not sampled else sampled[0]
     return rows, {"hr": hr, "lr": lr, "irn": shown, "bicubic": bic}
-
-
-def _list(data: str, storage: StorageConfig | None = None) -> list[str]:
-    fs, root = open_fs(data, storage)
-    if fs.isfile(root):
-        return [to_uri(fs, root)]
-    if not fs.isdir(root):
-        raise StorageError(f"{data}: no such file or folder")
-    return [to_uri(fs, p) for p in sorted(fs.ls(root, detail=False)) if p.lower().endswith(IMAGE_SUFFIXES)]
 
 
 def _mean(values: list[float]) -> float:
@@ -174,56 +163,3 @@ def evaluate(
         "bicubic": "antialiased bicubic, a = -0.5 (torch interpolate antialias=True = Pillow BICUBIC), 8-bit LR",
     }
     return result, (grid_png(panels, ckpt.model.scale) if panels else None)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Options of ``irn-batch evaluate``."""
-    p.add_argument("--model", help="checkpoint path or URL (default: the bundled weights for --scale)")
-    p.add_argument("--scale", type=int, choices=(2, 4, 8), default=None, help="default 2 (or the model's)")
-    p.add_argument("--data", required=True, help="folder, prefix URL (s3://...) or single HR image")
-    p.add_argument("--out", default=None, help="folder for eval.md, eval.json and grid.png (default: print only)")
-    p.add_argument("--draws", type=int, default=5, help="z ~ N(0, I) draws to average (default 5)")
-    p.add_argument("--grid", type=int, default=4, help="images in grid.png (default 4)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
-    p.add_argument("--tile", type=int, default=None, help="tile size in HR pixels (default: whole image)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--endpoint-url", default=None, help="S3 endpoint for s3:// URLs (default: AWS_ENDPOINT_URL)")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the evaluation; 0 when at least one image was scored, 2 on a user error."""
-    from irn_batch.cli import UserError  # the CLI's one-line error format
-
-    try:
-        ckpt = resolve_model(args.model, args.scale or 2)
-    except CheckpointError as e:
-        raise UserError(None, str(e)) from None
-    if args.scale and args.scale != ckpt.model.scale:
-        raise UserError(args.model, f"model is x{ckpt.model.scale} but --scale {args.scale} was given")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
-    ckpt.model.to(device).eval()
-    storage = StorageConfig(endpoint_url=args.endpoint_url)
-    try:
-        uris = _list(args.data, storage)[: args.limit]
-    except (StorageError, OSError) as e:
-        raise UserError(args.data, str(e)) from None
-    if not uris:
-        raise UserError(args.data, "no images found")
-    result, grid = evaluate(
-        ckpt, uris, max(0, args.draws), args.grid, args.tile or 1 << 30, args.precision, storage=storage
-    )
-    table = markdown(result)
-    print(table)
-    if args.out:
-        fs, root = open_fs(args.out, storage)
-        fs.makedirs(root, exist_ok=True)
-        fs.pipe_file(f"{root}/eval.md", table.encode())
-        fs.pipe_file(f"{root}/eval.json", json.dumps(result, indent=1).encode())
-        if grid:
-            fs.pipe_file(f"{root}/grid.png", grid)
-        print(f"wrote {args.out}/eval.md, eval.json" + (", grid.png" if grid else ""), file=sys.stderr)
-    return 0 if result["n_images"] else 2

@@ -1,16 +1,19 @@
-"""Image decoding: every image irn_batch reads goes through here (``irn_batch.container`` encodes).
+"""Image decoding: every image irn_batch reads goes through here (``irn_batch.io.container`` encodes).
 
 Decoding rules (``decode_image``), applied in this order:
 
 * Size guard: the pixel count is read from the header, before any pixel is decoded; more than
   ``max_pixels`` (default 200 million) is refused. Pillow's own decompression-bomb limit
   (``PIL.Image.MAX_IMAGE_PIXELS``, refused above twice that) is reported the same way.
-* Formats: PNG, JPEG (and MPO), WebP, TIFF, BMP, GIF, PPM/PGM, TGA, and AVIF where Pillow has it.
+* Formats: PNG, JPEG (and MPO), WebP, TIFF, BMP, GIF, PPM/PGM, TGA, AVIF where Pillow has it, and
+  HEIC/HEIF (phones' default) through the ``pillow-heif`` plugin, registered here when it is installed.
   Anything else, zero bytes, truncated or corrupt data is refused with the reason.
 * Several pictures in one file: an MPO (a phone's JPEG with extra pictures; the first is the primary
-  image, CIPA DC-007) and a TIFF whose further pages are all smaller than the first in both width and
-  height (thumbnails, reduced-resolution copies) are read as their first picture; the other pictures
-  are ignored and counted in ``DecodedImage.pages``. Any other file with more than one frame is refused:
+  image, CIPA DC-007), a HEIF with several top-level pictures (the primary one is read) and a TIFF whose
+  further pages are all smaller than the first in both width and height (thumbnails, reduced-resolution
+  copies) are read as their first picture; the other pictures are not decoded; they are counted in
+  ``DecodedImage.pages`` (the ingest manifest's ``extra_frames``). Any other file with more than one frame
+  is refused:
   an animation (GIF, PNG, WebP, AVIF) with "animated image with N frames is not supported", a TIFF with
   a further page as large as the first with "multi-page TIFF: page N is WxH, not smaller than the first".
 * EXIF orientation is applied, so the pixels are upright as a viewer shows them.
@@ -40,13 +43,18 @@ Decoding rules (``decode_image``), applied in this order:
   information: a palette's transparency (PNG tRNS, GIF) and the tRNS colour key of 1/2/4/8/16-bit gray
   and 8/16-bit RGB PNGs, compared with the samples at their full depth. Nothing else gives alpha (LAB
   has an "A" in its name and no alpha). Alpha is kept as a separate ``alpha`` plane in [0, 1]; the LR
-  carries it in its container's alpha channel (``irn_batch.container``). The network itself only ever
+  carries it in its container's alpha channel (``irn_batch.io.container``). The network itself only ever
   sees the RGB planes.
 * Tiny images (1x1, 1xN) are valid: the model pads them.
+* What the source was, for the restore to give it back: ``grey`` (a gray mode: 1, L, LA, La, I;16*, I, F,
+  or a palette whose every entry has R = G = B; the model still sees R=G=B), ``bit_depth`` (bits per sample as decoded: 1, 2, 4, 8, 16 or 32 for
+  float), ``gamut_clipped`` (for an RGB profile converted to sRGB: the fraction of pixels whose colour sRGB
+  cannot hold, i.e. converted back to the source profile they miss their source values by more than 3
+  levels of 255 in some channel; None when no RGB conversion ran), and the container, JPEG quality and
+  chroma subsampling, and losslessness of the file (``irn_batch.io.source_format``).
 """
 from __future__ import annotations
 
-import functools
 import io
 import sys
 import warnings
@@ -55,10 +63,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, features
 
-try:  # Pillow's littlecms binding; wheels always have it, a source build may not
-    from PIL import ImageCms
-except ImportError:  # pragma: no cover
-    ImageCms = None
+from irn_batch.errors import one_line
+from irn_batch.io.colour import colour_manage
+from irn_batch.io.colour import _GRAY, _GRAY_DEEP, _PALETTE, _RGB, _gray
+from irn_batch.io.source_format import describe
 
 DEFAULT_MAX_PIXELS = 200_000_000
 
@@ -68,6 +76,13 @@ _FORMATS = ["PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF", "PPM", "TGA"]
 Image.init()
 if features.check("avif") and "AVIF" in Image.OPEN:
     _FORMATS.append("AVIF")
+try:  # HEIC/HEIF from phones: the pillow-heif plugin (a dependency; optional for a source checkout)
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    _FORMATS.append("HEIF")
+except ImportError:  # pragma: no cover
+    pillow_heif = None
 
 # EXIF orientation tag value -> numpy transform on (H, W, ...) arrays (same as Pillow's exif_transpose).
 _ORIENT = {
@@ -82,18 +97,17 @@ _ORIENT = {
 _SWAP16 = {"16B": "16L", "16L": "16B", "16N": "16B" if sys.byteorder == "little" else "16L"}
 
 # The pixel modes decode_image accepts, by how they become RGB (see the module docstring).
-_GRAY_DEEP = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
-_GRAY = frozenset({"1", "L", "LA", "La"})
-_PALETTE = frozenset({"P", "PA"})
-_RGB = frozenset({"RGB", "RGBA", "RGBa", "RGBX"})
 _CONVERTED = frozenset({"CMYK", "YCbCr", "HSV", "LAB"})
+# The gray source modes: their restores are written gray (irn_batch.io.container.GreyDepth).
+GREY_MODES = _GRAY_DEEP | _GRAY
 # Modes with an alpha channel. Everything else has alpha only through transparency information.
 ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 # PNG gray at 2 or 4 bits: Pillow scales the samples to 0..255 but leaves the tRNS key at the file's depth.
 _KEY_SCALE = {"L;2": 85, "L;4": 17}
 # Formats whose further frames are pictures of their own (not an animation): see _pages().
-_STILL_MULTI = frozenset({"MPO", "TIFF"})
-INTENT = "perceptual"
+_STILL_MULTI = frozenset({"MPO", "HEIF", "TIFF"})
+# Further pictures that are never checked for size: an MPO's and a HEIF's extras are pictures of their own.
+_EXTRA_PICTURES = frozenset({"MPO", "HEIF"})
 
 
 class ImageError(ValueError):
@@ -109,7 +123,14 @@ class DecodedImage:
     mode: str  # the source's PIL mode, e.g. "RGB", "I;16", "P", "CMYK"
     format: str  # the source's PIL format, e.g. "PNG", "JPEG"
     colour: str = "sRGB"  # what colour management did, one line (see the module docstring)
-    pages: int = 1  # pictures in the file; only the first is decoded (MPO, TIFF with thumbnails)
+    pages: int = 1  # pictures in the file; only the first is decoded (MPO, HEIF, TIFF with thumbnails)
+    grey: bool = False  # the source is a gray image (rgb then has R=G=B)
+    bit_depth: int = 8  # bits per sample as decoded: 1, 2, 4, 8, 16, or 32 (float)
+    gamut_clipped: float | None = None  # fraction of pixels sRGB could not hold (RGB profiles converted)
+    container: str = "?"  # the file's container: jpeg, png, webp, tiff, avif, heif, gif, bmp, ppm, tga
+    quality: int | None = None  # a JPEG's estimated IJG quality (irn_batch.io.source_format.jpeg_quality)
+    lossless: bool = False  # the file stores its pixels losslessly (PNG, lossless WebP, TIFF without JPEG...)
+    subsampling: str | None = None  # a colour JPEG's chroma subsampling: "4:2:0" or "4:4:4"
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
@@ -132,7 +153,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
 def _pages(im: Image.Image) -> int:
     """How many pictures the file holds, after checking that the first one alone is the image."""
     frames = getattr(im, "n_frames", 1)
-    if frames <= 1 or im.format == "MPO":
+    if frames <= 1 or im.format in _EXTRA_PICTURES:
         return frames
     if im.format not in _STILL_MULTI:
         raise ImageError(f"animated image with {frames} frames is not supported")
@@ -180,10 +201,6 @@ def _key_alpha(samples: np.ndarray, key) -> np.ndarray:
     if samples.ndim == 2:
         samples = samples[..., None]
     return (samples != key).any(axis=2).astype(np.float32)
-
-
-def _gray(gray: np.ndarray) -> np.ndarray:
-    return np.repeat(gray[..., None], 3, axis=2)
 
 
 def _samples(im: Image.Image, data: bytes) -> tuple[np.ndarray, np.ndarray | None, bool]:
@@ -235,110 +252,6 @@ def _samples(im: Image.Image, data: bytes) -> tuple[np.ndarray, np.ndarray | Non
     raise ImageError(f"unsupported pixel mode {mode!r}")
 
 
-# ---- colour management (ICC profiles) -------------------------------------------------------------
-
-@functools.lru_cache(maxsize=1)
-def _srgb():
-    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
-
-
-def _profile_name(profile) -> str:
-    name = (profile.profile.profile_description or "").strip()
-    name = "".join(c if c.isprintable() else "?" for c in name)[:80]
-    return name or "unnamed profile"
-
-
-# ICC colour space of a profile -> the Pillow mode its transform reads, and the source modes it may describe.
-_SPACES = {
-    "RGB": ("RGB", _GRAY_DEEP | _GRAY | _PALETTE | _RGB | {"YCbCr", "HSV"}),
-    "GRAY": ("L", _GRAY_DEEP | _GRAY),
-    "CMYK": ("CMYK", frozenset({"CMYK"})),
-    "LAB": ("LAB", frozenset({"LAB"})),
-}
-
-
-@dataclass(frozen=True)
-class _Plan:
-    transform: object | None  # None: the profile is sRGB already, keep the values
-    in_mode: str
-    name: str
-
-
-def _build_plan(profile, mode: str) -> _Plan:
-    space = profile.profile.xcolor_space.strip().upper()
-    if space not in _SPACES or mode not in _SPACES[space][1]:
-        raise ValueError(f"a {space or '?'} profile does not fit a {mode} image")
-    in_mode = _SPACES[space][0]
-    transform = ImageCms.buildTransform(
-        profile, _srgb(), in_mode, "RGB", renderingIntent=ImageCms.Intent.PERCEPTUAL, flags=ImageCms.Flags.NOCACHE
-    )
-    name = _profile_name(profile)
-    if in_mode in ("RGB", "L"):  # sRGB already? Then the values stay as they are (16-bit ones too).
-        levels = np.linspace(0, 255, 16).round().astype(np.uint8)
-        if in_mode == "RGB":
-            probe = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(64, 64, 3)
-            expected = probe
-        else:
-            probe = np.arange(256, dtype=np.uint8).reshape(16, 16)
-            expected = _gray(probe)
-        got = np.asarray(ImageCms.applyTransform(Image.fromarray(probe), transform))
-        if np.abs(got.astype(int) - expected).max() <= 1:
-            return _Plan(None, in_mode, name)
-    return _Plan(transform, in_mode, name)
-
-
-@functools.lru_cache(maxsize=1)
-def _lab_plan() -> _Plan:
-    """LAB pixels without a profile: CIE L*a*b* relative to D50, ImageCms's built-in Lab profile."""
-    lab = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB"))
-    return _Plan(_build_plan(lab, "LAB").transform, "LAB", "CIELAB D50")
-
-
-@functools.lru_cache(maxsize=32)
-def _plan(icc: bytes, mode: str) -> _Plan:
-    """The conversion of ``mode`` pixels described by ICC profile bytes (cached: photos share profiles)."""
-    return _build_plan(ImageCms.ImageCmsProfile(io.BytesIO(icc)), mode)
-
-
-def _apply(plan: _Plan, im: Image.Image, rgb: np.ndarray, deep: bool) -> tuple[np.ndarray, str]:
-    if plan.transform is None:
-        return rgb, f"sRGB (embedded profile '{plan.name}')"
-    if plan.in_mode in ("CMYK", "LAB"):
-        src = im
-    elif plan.in_mode == "L":
-        src = Image.fromarray(to_uint8(rgb[..., 0]))
-    else:
-        src = Image.fromarray(to_uint8(rgb))
-    out = np.asarray(ImageCms.applyTransform(src, plan.transform)).astype(np.float32) / 255.0
-    note = f"converted from '{plan.name}' to sRGB ({INTENT}" + (", 8-bit)" if deep else ")")
-    return out, note
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join((str(e) or type(e).__name__).split())[:200]
-
-
-def _colour(im: Image.Image, rgb: np.ndarray, deep: bool) -> tuple[np.ndarray, str]:
-    """Colour-manage decoded RGB samples into sRGB by the module's rule; (rgb, note)."""
-    icc = im.info.get("icc_profile")
-    problem = ""
-    if icc:
-        try:
-            if ImageCms is None:
-                raise RuntimeError("Pillow was built without littlecms")
-            return _apply(_plan(bytes(icc), im.mode), im, rgb, deep)
-        except MemoryError:
-            raise
-        except Exception as e:  # an unusable profile never costs the image: fall back to no profile
-            problem = f"; ICC profile unusable: {_one_line(e)}"
-    if im.mode == "LAB" and ImageCms is not None:
-        out, note = _apply(_lab_plan(), im, rgb, deep)
-        return out, note + problem
-    if im.mode == "CMYK":
-        return rgb, "uncalibrated CMYK conversion (no profile)" + problem
-    return rgb, "sRGB" + problem
-
-
 def _orientation(im: Image.Image) -> int:
     try:
         value = int(im.getexif().get(0x0112, 1))
@@ -360,8 +273,12 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
             im = _open(data, max_pixels)
             pages = _pages(im)
             source_mode, fmt = im.mode, im.format or "?"
+            container, quality, lossless, subsampling = describe(im, data)
+            depth = _bit_depth(im)
             rgb, alpha, deep = _samples(im, data)
-            rgb, colour = _colour(im, rgb, deep)
+            depth = 16 if deep and depth == 8 else depth
+            grey = source_mode in GREY_MODES or (source_mode in _PALETTE and _grey_palette(im))
+            rgb, colour, clipped = colour_manage(im, rgb, deep)
             orient = _orientation(im)
     except ImageError:
         raise
@@ -370,15 +287,40 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
     except MemoryError as e:
         raise ImageError("not enough memory to decode the image") from e
     except Exception as e:  # Pillow's plugins raise many types (OSError, SyntaxError, struct.error, ...)
-        raise ImageError(f"corrupt, truncated or unsupported image data ({_one_line(e)})") from e
+        raise ImageError(f"corrupt, truncated or unsupported image data ({one_line(e, 200)})") from e
     if orient != 1:
         rgb = np.ascontiguousarray(_ORIENT[orient](rgb))
         alpha = None if alpha is None else np.ascontiguousarray(_ORIENT[orient](alpha))
     h, w = rgb.shape[:2]
     return DecodedImage(rgb=rgb, alpha=alpha, width=w, height=h, mode=source_mode, format=fmt, colour=colour,
-                        pages=pages)
+                        pages=pages, grey=grey, bit_depth=depth, gamut_clipped=clipped,
+                        container=container, quality=quality, lossless=lossless, subsampling=subsampling)
 
 
-def to_uint8(x: np.ndarray) -> np.ndarray:
-    """Float [0, 1] -> uint8 by clipping and rounding x*255 to the nearest integer."""
-    return np.round(np.clip(np.asarray(x, dtype=np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+def _grey_palette(im: Image.Image) -> bool:
+    """Whether every entry of a (loaded) palette image's palette has R = G = B (a gray GIF or PNG)."""
+    try:
+        pal = np.asarray(im.getpalette("RGB") or [], dtype=np.int16).reshape(-1, 3)
+    except Exception:  # an odd palette is simply not called gray
+        return False
+    return pal.size > 0 and bool((pal[:, 0] == pal[:, 1]).all() and (pal[:, 1] == pal[:, 2]).all())
+
+
+def mode_depth(mode: str) -> int:
+    """Bits per sample a PIL mode implies (1 for "1", 32 for "F", 16 for I;16*/I, else 8): the depth of a
+    source known only by the mode its LR records."""
+    return 1 if mode == "1" else 32 if mode == "F" else 16 if mode in _GRAY_DEEP else 8
+
+
+def _bit_depth(im: Image.Image) -> int:
+    """Bits per sample before decoding, from the mode and the tile's raw mode (8 unless known otherwise;
+    16-bit RGB PNGs are found by ``_samples``)."""
+    if im.mode == "1":
+        return 1
+    if im.mode == "F":
+        return 32
+    if im.mode in _GRAY_DEEP:
+        return 16
+    tiles = list(im.tile)
+    rawmode = tiles[0].args if len(tiles) == 1 and isinstance(tiles[0].args, str) else None
+    return {"L;2": 2, "L;4": 4}.get(rawmode, 8)

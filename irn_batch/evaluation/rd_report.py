@@ -1,8 +1,8 @@
 """``irn-batch rd`` results: mean curves, Bjøntegaard deltas, and their JSON, Markdown and plots.
 
-``summarise`` turns the per-image points of ``irn_batch.rd`` into the result dict written as ``rd.json``:
+``summarise`` turns the per-image points of ``irn_batch.evaluation.rd`` into the result dict written as ``rd.json``:
 per scale, each method's mean curve (mean over images at each quality setting of bpp and PSNR), the
-BD-rate and BD-PSNR (``irn_batch.bdrate``, VCEG-M33) of IRN with each lossy LR container against every
+BD-rate and BD-PSNR (``irn_batch.evaluation.bdrate``, VCEG-M33) of IRN with each lossy LR container against every
 baseline, and the lossless LRs (one operating point each) placed on the baselines' curves.
 """
 from __future__ import annotations
@@ -12,9 +12,9 @@ import json
 
 import numpy as np
 
-from irn_batch.bdrate import Curve, bd_psnr_db, bd_rate_pct, psnr_at_rate, rate_at_psnr, wins
-from irn_batch.rd import HR_CODECS, LOSSLESS, LOSSY, THUMB_SCALE, label, method_key
-from irn_batch.storage import StorageConfig, open_fs
+from irn_batch.evaluation.bdrate import Curve, bd_psnr_db, bd_rate_pct, psnr_at_rate, rate_at_psnr, wins
+from irn_batch.evaluation.rd_curves import HR_CODECS, LOSSLESS, LOSSY, THUMB_SCALE, label, mean_curves, method_key
+from irn_batch.storage import StorageConfig, atomic_write, open_fs
 
 PROTOCOL = {
     "bpp": "all stored bytes of the file (LR: metadata included; thumb+hr: thumbnail + HR file) * 8 / HR pixels",
@@ -77,9 +77,7 @@ def compare(methods: dict[str, list[dict]]) -> tuple[list[dict], list[dict]]:
 def summarise(per_scale: dict[int, list], images: list[dict], skipped: list[dict], model_ids: dict[int, dict],
               settings: dict, seconds: float) -> dict:
     """The result dict of a run (what ``rd.json`` holds). ``per_scale``: {scale: [per-image {method: points}]};
-    ``model_ids``: {scale: {"lossless": id, "lossy": id}}; ``settings``: ``rd.settings(plan)``."""
-    from irn_batch.rd import mean_curves
-
+    ``model_ids``: {scale: {"lossless": id, "lossy": id}}; ``settings``: ``rd_curves.settings(plan)``."""
     scales = {}
     for s, per_image in sorted(per_scale.items()):
         methods = mean_curves(per_image)
@@ -295,7 +293,7 @@ def write(result: dict, out: str, storage: StorageConfig | None = None) -> list[
         if sc["methods"]:
             files[f"rd_x{s}.png"] = plot_png(sc)
     for name, data in files.items():
-        fs.pipe_file(f"{root}/{name}", data)
+        atomic_write(fs, f"{root}/{name}", data)
     return [f"{out.rstrip('/')}/{name}" for name in files]
 
 

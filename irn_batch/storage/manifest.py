@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from irn_batch.storage import atomic_write
+from irn_batch.storage.fs import atomic_write
 
 _TIMINGS = [("read_s", pa.float64()), ("decode_s", pa.float64()), ("model_s", pa.float64()),
             ("write_s", pa.float64()), ("total_s", pa.float64())]
@@ -46,7 +46,7 @@ INGEST_SCHEMA = pa.schema(
         ("error", pa.string()),
         *_TIMINGS,
         ("finished_at", pa.float64()),
-        ("colour", pa.string()),  # what decoding did to the colours (imageio.DecodedImage.colour)
+        ("colour", pa.string()),  # what decoding did to the colours (io.decode.DecodedImage.colour)
         # "input" (the file itself: undecodable, too large, a bad key; redone with retry_errors=true) or
         # "transient" (storage, a lost worker: redone by a plain rerun); null in parts of older versions
         ("error_kind", pa.string()),
@@ -62,6 +62,34 @@ INGEST_SCHEMA = pa.schema(
         ("fell_back", pa.bool_()),
         ("lr_settings", pa.string()),
         ("floor_restores", pa.int64()),
+        # what the source was (issue 13; irn_batch.io.source_format): bits per sample as decoded, a gray
+        # source, the fraction of pixels clipped converting a wide-gamut profile to sRGB (null: none
+        # converted), the original's container, a JPEG's estimated quality (and, last, its subsampling),
+        # whether it was lossless,
+        # whether a lossless original is stored as a lossy LR, and the further pictures of the file (MPO,
+        # HEIF, TIFF thumbnails) that were not kept
+        ("bit_depth", pa.int64()),
+        ("grey", pa.bool_()),
+        ("gamut_clipped", pa.float64()),
+        ("source_container", pa.string()),
+        ("source_quality", pa.int64()),
+        ("source_lossless", pa.bool_()),
+        ("lossy_from_lossless", pa.bool_()),
+        ("extra_frames", pa.int64()),
+        ("source_subsampling", pa.string()),  # a colour JPEG original's chroma subsampling
+        # the LR's key relative to the ingest output (issue 13): a copied or moved output is read where it
+        # is (irn_batch.pipeline.locate); null in parts of older versions
+        ("lr_key", pa.string()),
+        # photo metadata (issue 13): sha256 of the LR's decoded pixels (lr_file.pixels_sha256), so a
+        # metadata-only edit of the LR can be told from a pixel edit; the kinds carried (in the LR or its
+        # sidecar) and the kinds the source had that are not carried (the metadata setting, a converted
+        # ICC profile, an unreadable packet), comma-separated; the sidecar holding the kinds the LR
+        # container cannot hold, and its sha256
+        ("lr_pixels_sha256", pa.string()),
+        ("metadata_kept", pa.string()),
+        ("metadata_dropped", pa.string()),
+        ("metadata_uri", pa.string()),
+        ("metadata_sha256", pa.string()),
     ]
 )
 
@@ -85,6 +113,21 @@ RESTORE_SCHEMA = pa.schema(
         ("error", pa.string()),
         *_TIMINGS,
         ("finished_at", pa.float64()),
+        # issue 13: the original's size in bytes (from the ingest manifest), the restore's bits per sample,
+        # whether a source deeper than 8 bits came back at 8, whether a lossless original came back as an
+        # approximation (every IRN restore is one; a source kept by ingest is not), and the ICC profile
+        # the restore carries ("sRGB" where the original's profile was converted to sRGB at ingest)
+        ("source_bytes", pa.int64()),
+        ("out_bit_depth", pa.int64()),
+        ("depth_reduced", pa.bool_()),
+        ("lossy_from_lossless", pa.bool_()),
+        ("out_icc", pa.string()),
+        ("out_key", pa.string()),  # out_uri's key relative to the restore output (issue 13); null before
+        # a restore that went ahead despite something (the LR's metadata edited since ingest, say)
+        ("warning", pa.string()),
+        # photo metadata kinds written into the output, and those its container cannot hold (comma-separated)
+        ("metadata_kept", pa.string()),
+        ("metadata_dropped", pa.string()),
     ]
 )
 

@@ -22,13 +22,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
+from irn_batch.model.checkpoint_header import FORMAT, CheckpointError, read_metadata  # noqa: F401 (re-exported)
 from irn_batch.model import IRN, IRNConfig
-
-FORMAT = "irn_batch/1"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: unreadable, corrupt, or of another layout."""
+from irn_batch.storage import StorageConfig, open_fs, read_object, write_object
 
 
 @dataclass
@@ -73,31 +69,10 @@ def checkpoint_bytes(model: IRN, default_temperature: float = 1.0, extra: dict[s
 def save_checkpoint(
     model: IRN, path: str | Path, default_temperature: float = 1.0, extra: dict[str, str] | None = None
 ) -> str:
-    """Write a checkpoint to a local path or fsspec URL (atomically for local paths); returns the model id."""
+    """Write a checkpoint to a local path or fsspec URL (atomically, folders created); returns the model id."""
     data = checkpoint_bytes(model, default_temperature, extra)
-    path = str(path)
-    if "://" in path and not path.startswith("file://"):
-        with fsspec.open(path, "wb") as f:
-            f.write(data)
-    else:
-        p = Path(path.removeprefix("file://"))
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(p)
+    write_object(str(path), data)
     return read_metadata(data)["model_id"]
-
-
-def read_metadata(data: bytes) -> dict[str, str]:
-    """The metadata header of safetensors bytes, without loading the tensors."""
-    try:
-        n = int.from_bytes(data[:8], "little")
-        if n <= 0 or n > len(data) - 8:
-            raise ValueError
-        header = json.loads(data[8 : 8 + n])
-    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise CheckpointError("not a safetensors file (bad header)") from e
-    return dict(header.get("__metadata__") or {})
 
 
 def checkpoint_from_bytes(data: bytes, name: str = "checkpoint") -> Checkpoint:
@@ -132,8 +107,7 @@ def checkpoint_from_bytes(data: bytes, name: str = "checkpoint") -> Checkpoint:
 
 def read_bytes(path_or_url: str | Path) -> bytes:
     """Whole-file read from a local path or any fsspec URL."""
-    with fsspec.open(str(path_or_url), "rb") as f:
-        return f.read()
+    return read_object(str(path_or_url))
 
 
 def load_checkpoint(path_or_url: str | Path) -> Checkpoint:
@@ -236,3 +210,27 @@ def convert_official(src: str | Path, dst: str | Path, scale: int, blocks: int =
         raise CheckpointError(f"{src}: expected a state dict, got {type(state).__name__}")
     model = convert_official_state(state, scale, blocks)
     return save_checkpoint(model, dst, default_temperature=1.0, extra={"source": f"official IRN x{scale}"})
+
+
+def load_model_bytes(model: str | None, scale: int, storage: StorageConfig, *, lossy: bool = False,
+                     model_id: str | None = None) -> tuple[bytes, Checkpoint]:
+    """(checkpoint bytes, the checkpoint): read and verified once by the driver, the bytes shipped to every actor.
+
+    ``model`` None: the shipped weights whose id is ``model_id`` when one is given (CheckpointError naming it
+    when none is), else the shipped weights for ``scale`` (for lossy LR containers with ``lossy``).
+    """
+    if model is None:
+        path = packaged_path_for(model_id) if model_id else default_weights_path(scale, lossy)
+        if not path.is_file():
+            raise CheckpointError(
+                f"default weights {path} are missing (they are still being trained); pass model=PATH_OR_URL"
+            )
+        data, name = path.read_bytes(), str(path)
+    else:
+        fs, p = open_fs(model, storage)
+        try:
+            data = fs.cat_file(p)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{model}: cannot read checkpoint ({e})") from e
+        name = model
+    return data, checkpoint_from_bytes(data, name)

@@ -26,9 +26,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-DEFAULT_TILE = 512  # HR pixels per window side; a multiple of 8 so every scale up to x8 tiles evenly
-DEFAULT_OVERLAP = 32  # HR pixels of context on each side of a kept core; a multiple of 8
-PRECISIONS = ("fp32", "bf16")
+from irn_batch.rescale.settings import DEFAULT_OVERLAP, DEFAULT_TILE, PRECISIONS  # noqa: F401 (re-exported)
 
 
 def _check(tile: int, overlap: int, scale: int, precision: str) -> None:
@@ -104,13 +102,8 @@ def _model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def downscale_tiled(
-    model: nn.Module,
-    hr: torch.Tensor,
-    tile: int = DEFAULT_TILE,
-    overlap: int = DEFAULT_OVERLAP,
-    precision: str = "fp32",
-) -> torch.Tensor:
+def downscale_tiled(model: nn.Module, hr: torch.Tensor, tile: int = DEFAULT_TILE,
+                    overlap: int = DEFAULT_OVERLAP, precision: str = "fp32") -> torch.Tensor:
     """HR (1, 3, H, W) in [0, 1], H and W multiples of the scale -> unquantized LR (1, 3, H/s, W/s), float32 CPU."""
     s = model.scale
     _check(tile, overlap, s, precision)
@@ -126,14 +119,8 @@ def downscale_tiled(
     return _run_tiled(lr_of, (hr,), lr_size, s, 1, c, tile // s, overlap // s, _model_device(model), precision)
 
 
-def upscale_tiled(
-    model: nn.Module,
-    lr: torch.Tensor,
-    z: torch.Tensor,
-    tile: int = DEFAULT_TILE,
-    overlap: int = DEFAULT_OVERLAP,
-    precision: str = "fp32",
-) -> torch.Tensor:
+def upscale_tiled(model: nn.Module, lr: torch.Tensor, z: torch.Tensor, tile: int = DEFAULT_TILE,
+                  overlap: int = DEFAULT_OVERLAP, precision: str = "fp32") -> torch.Tensor:
     """LR (1, 3, h, w) and z (1, Cz, h, w) -> HR (1, 3, h*s, w*s), float32 CPU.
 
     z is given whole (drawn once for the full LR), so tiling never changes the random detail.

@@ -5,14 +5,14 @@ The CLI, the Ray pipeline, the quality floor and ``irn-batch rd`` all call ``dow
 of them made or reads the LR.
 
 LR file: 8-bit RGB (RGBA when the source had alpha) pixels of size ceil(W/s) x ceil(H/s) in one of the
-LR containers of ``irn_batch.container`` (PNG, WebP, JPEG, AVIF), with ``LRMeta`` inside recording the
+LR containers of ``irn_batch.io.container`` (PNG, WebP, JPEG, AVIF), with ``LRMeta`` inside recording the
 model id, scale, original size, z seed, alpha flag and rule, and the source's PIL mode. The image is
 mirror-padded to a multiple of the scale before the
 network and the restore is cropped back to the original size. z is never stored: it is drawn again
 on the CPU from the seed, for the whole LR at once, so tiling never changes it.
 
 An image whose (padded) HR side exceeds one tile (``tile``, default ``tiling.DEFAULT_TILE``) runs
-through ``irn_batch.tiling``; smaller ones run whole. Both give the same result to a rounding step.
+through ``irn_batch.rescale.tiling``; smaller ones run whole. Both give the same result to a rounding step.
 """
 from __future__ import annotations
 
@@ -23,14 +23,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from irn_batch import tiling
-from irn_batch.checkpoint import Checkpoint
-from irn_batch.container import Encoding, LRMeta, read_lr, write_lr
-from irn_batch.imageio import DecodedImage, ImageError
+from irn_batch.rescale import tiling
+from irn_batch.model.checkpoint import Checkpoint
+from irn_batch.io.container import Encoding
+from irn_batch.io.lr_file import LRMeta, read_lr, write_lr
+from irn_batch.io.photo_metadata import PhotoMeta
+from irn_batch.io.decode import DecodedImage, ImageError
 from irn_batch.metrics import bicubic_resize
-from irn_batch.transforms import crop_to, pad_to_multiple, sample_z
-
-PRECISIONS = ("fp32", "bf16")
+from irn_batch.rescale.settings import PRECISIONS
+from irn_batch.model.transforms import crop_to, pad_to_multiple, sample_z
 
 
 def content_seed(data: bytes) -> int:
@@ -98,40 +99,32 @@ def downscale_image(
     tile: int | None = None,
     precision: str = "fp32",
     encoding: Encoding = Encoding(),
+    photo: PhotoMeta | None = None,
 ) -> tuple[bytes, LRMeta]:
-    """DecodedImage -> (LR file bytes in ``encoding``, its LRMeta). Raises ContainerError for alpha in JPEG."""
+    """DecodedImage -> (LR file bytes in ``encoding``, its LRMeta). Raises ContainerError for alpha in JPEG.
+    ``photo``: photo metadata written inside as far as the container holds it (``lr_file.write_lr``)."""
     pixels, meta = downscale_pixels(ckpt, img, z_seed=z_seed, tile=tile, precision=precision)
-    return write_lr(pixels, meta, encoding), meta
+    return write_lr(pixels, meta, encoding, photo), meta
 
 
-def restore_image(
-    ckpt: Checkpoint,
-    lr_file: bytes,
-    *,
-    temperature: float | None = None,
-    z_seed: int | None = None,
-    tile: int | None = None,
-    precision: str = "fp32",
-) -> np.ndarray:
-    """LR file bytes (any LR container) -> (H, W, 3|4) uint8 at exactly the original size.
+def restore_image(ckpt: Checkpoint, lr_file: bytes, *, temperature: float | None = None,
+                  z_seed: int | None = None, tile: int | None = None, precision: str = "fp32",
+                  as_float: bool = False) -> np.ndarray:
+    """LR file bytes (any LR container) -> (H, W, 3|4) uint8 at exactly the original size (``as_float``:
+    float32 in [0, 1], the model's output before any rounding, for 16-bit outputs).
 
     Raises ImageError for a file that is not an LR or was made by another model than ``ckpt``.
     """
     meta, img = read_lr(lr_file)
-    return restore_pixels(ckpt, meta, img, temperature=temperature, z_seed=z_seed, tile=tile, precision=precision)
+    return restore_pixels(ckpt, meta, img, temperature=temperature, z_seed=z_seed, tile=tile, precision=precision,
+                          as_float=as_float)
 
 
-def restore_pixels(
-    ckpt: Checkpoint,
-    meta: LRMeta,
-    img: DecodedImage,
-    *,
-    temperature: float | None = None,
-    z_seed: int | None = None,
-    tile: int | None = None,
-    precision: str = "fp32",
-) -> np.ndarray:
-    """A decoded LR and its LRMeta -> (H, W, 3|4) uint8 at exactly the original size (H, W from ``meta``)."""
+def restore_pixels(ckpt: Checkpoint, meta: LRMeta, img: DecodedImage, *, temperature: float | None = None,
+                   z_seed: int | None = None, tile: int | None = None, precision: str = "fp32",
+                   as_float: bool = False) -> np.ndarray:
+    """A decoded LR and its LRMeta -> (H, W, 3|4) uint8 at exactly the original size (H, W from ``meta``);
+    with ``as_float``, float32 in [0, 1] instead (clipped, not rounded)."""
     if meta.model_id != ckpt.model_id:
         raise ImageError(
             f"LR was made by model {meta.model_id}, but the loaded model is {ckpt.model_id}; "
@@ -158,5 +151,8 @@ def restore_pixels(
     if img.alpha is not None:
         alpha = bicubic_resize(torch.from_numpy(img.alpha)[None, None], (h * s, w * s))
         planes.append(crop_to(alpha[0], meta.height, meta.width))
-    pixels = torch.cat(planes, 0).clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
+    hr = torch.cat(planes, 0).clamp(0.0, 1.0)
+    if as_float:
+        return np.ascontiguousarray(hr.permute(1, 2, 0).numpy())
+    pixels = hr.mul(255.0).round().to(torch.uint8)
     return pixels.permute(1, 2, 0).numpy()

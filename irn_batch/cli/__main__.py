@@ -1,0 +1,3 @@
+from irn_batch.cli.main import main
+
+raise SystemExit(main())
