@@ -21,6 +21,7 @@ LAZY_COMMANDS = (
     ("verify", "irn_batch.pipeline.verify", "check a batch of LR outputs against their manifest"),
     ("evaluate", "irn_batch.cli.evaluate", "PSNR/SSIM evaluation against bicubic"),
     ("rd", "irn_batch.cli.rd", "rate-distortion of IRN LR containers against standard codecs"),
+    ("serve", "irn_batch.cli.serve", "restore on demand over HTTP (Ray Serve) from an ingest output"),
 )
 
 

@@ -1,0 +1,209 @@
+"""On-demand restore over HTTP: a Ray Serve deployment over one ingest output, and its app builder.
+
+Routes (errors are JSON ``{"error": "..."}``):
+
+- ``GET /v1/images/{key}``: the restored HR at its original size, made by
+  :func:`irn_batch.pipeline.hr_output.restore_lr` from the item the restore job would plan, so the bytes
+  equal ``jobs/restore.py``'s for the same settings and device. ``format=source|png|webp|jpeg|avif`` (default:
+  the original's container, as the restore job), else the ``Accept`` header when it rules out the original's
+  container (``Vary: Accept``); ``quality=1..100``. A kept original (the floor's fallback) is returned byte
+  for byte.
+- ``GET /v1/thumbnails/{key}``: the stored LR file as it is (a standard image).
+- ``GET /v1/images/{key}/info``: the item and the LR metadata as JSON (no storage settings).
+- ``GET /v1/images?prefix=&after=&limit=``: keys in order, paginated (``next``: the ``after`` of the next page).
+- ``GET /healthz``: 200 once the index is loaded.
+
+Responses fixed by the LR's sha256 and the settings carry a strong ``ETag`` and ``Cache-Control: public,
+max-age=31536000, immutable``; ``If-None-Match`` gives 304; ``HEAD`` gives the headers alone. Statuses:
+404 unknown key or route, 400 bad parameter, 409 an LR of another model than ``model``, 500 an LR whose
+bytes no longer match the manifest (never restored), 502 a storage fault.
+
+Run it with ``irn-batch serve PREFIX`` (embedded Ray), ``serve run configs/serve.yaml`` or ``serve deploy``;
+not through ``ray job submit``, whose end would take the app down with it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from ray import serve
+
+from irn_batch.cluster import ActorConfig
+from irn_batch.io.container import container_of
+from irn_batch.pipeline.config import RestoreConfig
+from irn_batch.serve import http
+from irn_batch.serve.http import CONTENT_TYPE, HTTPError
+from irn_batch.storage import StorageConfig, StorageError
+
+log = logging.getLogger("ray.serve")
+
+
+@dataclass
+class ServeConfig:
+    """``configs/serve.yaml``: what is served (``input``, an ingest output or LR prefix), with which weights
+    and settings, by how many replicas of what size, and the request limits."""
+
+    input: str = "???"
+    model: Optional[str] = None  # None: each LR's own shipped weights, by the model id it records
+    temperature: Optional[float] = None
+    tile: Optional[int] = None
+    precision: str = "fp32"
+    num_replicas: int = 1
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    max_ongoing_requests: int = 4
+    max_queued_requests: int = 32
+    max_page: int = 1000  # keys per /v1/images page
+    max_input_bytes: int = 64 * 1024 * 1024  # an LR file
+    storage: StorageConfig = field(default_factory=StorageConfig)
+
+    def restore_config(self, fmt: str = "source", quality: int | None = None) -> RestoreConfig:
+        """The restore job's config that gives the same bytes as a request for ``fmt`` and ``quality``."""
+        return RestoreConfig(input=self.input, output="", model=self.model, format=fmt, quality=quality,
+                             temperature=self.temperature, max_input_bytes=self.max_input_bytes,
+                             storage=self.storage, actors=ActorConfig(num_cpus=self.num_cpus, num_gpus=self.num_gpus,
+                                                                      tile=self.tile, precision=self.precision))
+
+
+class RestoreService:
+    """One replica: the index of ``cfg.input`` and the models, loaded once; a request restores one image."""
+
+    def __init__(self, cfg: ServeConfig):
+        from irn_batch.serve.index import ImageIndex
+
+        self.cfg = cfg
+        self.index = ImageIndex(cfg.restore_config())
+        self.models: dict[str | None, Any] = {}
+        self.restores = 0
+        log.info("irn_batch serve: %d keys from %s", len(self.index), cfg.input)
+
+    # --- models and bytes ---------------------------------------------------------------------------------
+    def _model(self, item: dict[str, Any]):
+        from irn_batch.cluster import actor_model
+        from irn_batch.model.checkpoint import CheckpointError, load_model_bytes
+
+        want = None if self.cfg.model is not None else item["model_id"]
+        if want not in self.models:
+            try:
+                data, _ = load_model_bytes(self.cfg.model, 2, self.cfg.storage, model_id=want)
+            except CheckpointError as e:
+                raise HTTPError(409, str(e)) from None
+            self.models[want] = actor_model(data, self.cfg.restore_config().actors)
+        ckpt = self.models[want]
+        if item["model_id"] and item["model_id"] != ckpt.model_id:
+            raise HTTPError(409, f"{item['key']}: the LR was made by model {item['model_id']}, but this service "
+                                 f"restores with {ckpt.model_id}")
+        return ckpt
+
+    def _lr_bytes(self, item: dict[str, Any]) -> bytes:
+        from irn_batch.storage import open_uri, read_limited
+
+        try:
+            fs, path = open_uri(item["lr_uri"], self.cfg.storage)
+            return read_limited(fs, path, self.cfg.max_input_bytes)
+        except FileNotFoundError:
+            raise HTTPError(500, f"{item['key']}: its LR object is missing from the archive") from None
+        except (StorageError, OSError) as e:
+            raise HTTPError(502, f"{item['key']}: reading its LR failed ({e})") from None
+
+    def restore(self, item: dict[str, Any], fmt: str, quality: int | None) -> tuple[bytes, str]:
+        """The restored object's bytes and container for ``item`` (the restore job's path and settings)."""
+        from irn_batch.pipeline.hr_output import RestoreOptions, StageError, restore_lr
+        from irn_batch.pipeline.restore import output_encoding
+
+        rc = self.cfg.restore_config(fmt, quality)
+        opts = RestoreOptions(output_encoding(rc), rc.temperature, rc.actors.tile, rc.actors.precision, rc.storage)
+        data = self._lr_bytes(item)
+        try:
+            out = restore_lr(self._model(item), item, data, opts)
+        except StorageError as e:  # the LR's bytes and pixels no longer match the manifest: never restored
+            log.error("irn_batch serve: %s: %s", item["key"], e)
+            raise HTTPError(500, f"{item['key']}: {e}") from None
+        except StageError as e:
+            raise HTTPError(500, f"{item['key']}: {e}") from None
+        self.restores += 1
+        container = out.fields.get("format")
+        return out.data, container if container in CONTENT_TYPE else (container_of(out.data) or "png")
+
+    def etag(self, item: dict[str, Any], fmt: str, quality: int | None) -> str:
+        """A strong ETag: the LR's sha256, the model id and the restore settings ("" without a checksum)."""
+        from irn_batch.pipeline.restore import output_settings
+
+        if not item["lr_sha256"]:
+            return ""
+        # temperature None is the weights' own default: fixed by the model id, so "nan" stands for it
+        settings = output_settings(self.cfg.restore_config(fmt, quality), float("nan"))
+        digest = hashlib.sha256(f"{item['lr_sha256']}|{self.cfg.model or item['model_id']}|{settings}".encode())
+        return f'"{digest.hexdigest()[:40]}"'
+
+    # --- HTTP ---------------------------------------------------------------------------------------------
+    async def __call__(self, request):
+        from starlette.responses import Response
+
+        try:
+            return self.route(request)
+        except HTTPError as e:
+            return Response(json.dumps({"error": str(e)}), status_code=e.status, media_type="application/json")
+
+    def route(self, request):
+        path = http.relative_path(request)
+        if request.method not in ("GET", "HEAD"):
+            raise HTTPError(405, f"{request.method} is not supported (GET or HEAD)")
+        if path == "/healthz":
+            return http.json_response({"status": "ok", "keys": len(self.index), "restores": self.restores})
+        if path == "/v1/images":
+            return http.list_page(self, request)
+        for route, handler in (("/v1/thumbnails/", http.thumbnail), ("/v1/images/", http.image)):
+            if path.startswith(route):
+                return handler(self, request, path[len(route):])
+        raise HTTPError(404, f"{path}: no such route")
+
+    def lookup(self, key: str) -> dict[str, Any]:
+        item = self.index.item(key)
+        if item is None:
+            raise HTTPError(404, f"{key}: no such image in {self.cfg.input}")
+        return item
+
+
+def deployment(cfg: ServeConfig):
+    """``RestoreService`` as a Serve deployment sized by ``cfg`` (replicas, CPUs/GPUs, request limits)."""
+    return serve.deployment(RestoreService, name="irn_batch_restore", num_replicas=cfg.num_replicas,
+                            max_ongoing_requests=cfg.max_ongoing_requests,
+                            max_queued_requests=cfg.max_queued_requests,
+                            ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus})
+
+
+def build_app(args: dict[str, Any]):
+    """The app builder of ``serve run irn_batch.serve.app:build_app input=... [key=value ...]`` and of a
+    Serve config file's ``import_path`` (``configs/serve.yaml``): its ``args`` (nested mappings allowed:
+    ``storage: {endpoint_url: ...}``) are ``ServeConfig`` settings, typed and checked, credentials refused."""
+    from irn_batch.settings import load_config
+
+    return deployment(cfg := load_config(ServeConfig, None, _dotlist(args or {}))).bind(cfg)
+
+
+def _dotlist(args: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key, value in args.items():
+        if isinstance(value, dict):
+            out += _dotlist(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={'null' if value is None else value}")
+    return out
+
+
+def run_app(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000, *, name: str = "irn_batch",
+            route_prefix: str = "/") -> str:
+    """Start (or join) Serve on the connected Ray with its HTTP proxy on ``host:port``, deploy the app for
+    ``cfg`` and wait until it answers; the base URL. Raises the deployment's error when it cannot start."""
+    import urllib.request
+
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(deployment(cfg).bind(cfg), name=name, route_prefix=route_prefix, blocking=False)
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}{route_prefix.rstrip('/')}"
+    with urllib.request.urlopen(f"{base}/healthz", timeout=60) as r:
+        r.read()
+    return base
