@@ -172,6 +172,81 @@ def test_an_lr_whose_pixels_changed_is_never_restored(archive, service):
     assert "pixels changed since ingest" in json.loads(body)["error"]
 
 
+def _health(base: str) -> dict:
+    return json.loads(get(f"{base}/healthz")[2])
+
+
+def test_a_cached_response_is_byte_identical_and_skips_the_restore(service):
+    base, _ = service
+    url = url_of(base, "b/c.png", query="format=png")
+    first = get(url)[2]
+    before = _health(base)
+    assert get(url)[2] == first
+    after = _health(base)
+    assert after["restores"] == before["restores"] and after["cache_hits"] == before["cache_hits"] + 1
+
+
+def test_the_shared_cache_prefix_survives_a_restart_and_a_damaged_entry_is_a_miss(archive, service, tiny_ckpt_path):
+    from ray import serve
+
+    from irn_batch.serve.app import ServeConfig, run_app
+
+    root, _ = archive
+    port = int(service[0].rsplit(":", 1)[1])
+    cfg = ServeConfig(input=str(root / "lr"), model=str(tiny_ckpt_path), num_cpus=0.5, cache_bytes=0,
+                      cache_prefix=str(root / "cache"))
+    shared = run_app(cfg, port=port, name="shared", route_prefix="/shared")
+    fresh = get(url_of(shared, "a.png"))[2]
+    assert len(list((root / "cache").iterdir())) == 1
+    serve.delete("shared")
+    shared = run_app(cfg, port=port, name="shared", route_prefix="/shared")  # a new replica, empty memory
+    assert get(url_of(shared, "a.png"))[2] == fresh and _health(shared)["restores"] == 0
+    entry = next((root / "cache").iterdir())
+    entry.write_bytes(b"damaged")
+    assert get(url_of(shared, "a.png"))[2] == fresh and _health(shared)["restores"] == 1
+    serve.delete("shared")
+
+
+def test_a_cache_prefix_inside_the_archive_is_refused(archive):
+    from irn_batch.serve.app import ServeConfig, _refuse_cache_in_archive
+
+    root, _ = archive
+    with pytest.raises(ValueError, match="is inside the archive it serves"):
+        _refuse_cache_in_archive(ServeConfig(input=str(root / "lr"), cache_prefix=str(root / "lr" / "cache")))
+
+
+def test_tokens_and_signed_urls(archive, service, tiny_ckpt_path):
+    from ray import serve
+
+    from irn_batch.serve.app import ServeConfig, deployment
+    from irn_batch.serve.auth import TOKENS_ENV, sign
+
+    root, _ = archive
+    port = int(service[0].rsplit(":", 1)[1])
+    cfg = ServeConfig(input=str(root / "lr"), model=str(tiny_ckpt_path), num_cpus=0.5)
+    app = deployment(cfg).options(ray_actor_options={"num_cpus": 0.5, "runtime_env": {
+        "env_vars": {TOKENS_ENV: "old-token, new-token"}}}).bind(cfg)
+    serve.run(app, name="auth", route_prefix="/auth")
+    base = f"http://127.0.0.1:{port}/auth"
+    try:
+        assert get(f"{base}/healthz")[0] == 200  # health stays open for probes
+        status, headers, body = get(url_of(base, "a.png"))
+        assert status == 401 and headers["www-authenticate"] == "Bearer"
+        assert get(url_of(base, "a.png"), {"Authorization": "Bearer nope"})[0] == 401
+        for token in ("old-token", "new-token"):  # both valid while clients rotate
+            assert get(url_of(base, "a.png"), {"Authorization": f"Bearer {token}"})[0] == 200
+        signed = sign("/v1/images/a.png", {"format": "webp"}, "old-token")
+        status, headers, _ = get(base + signed)
+        assert status == 200 and headers["content-type"] == "image/webp"
+        assert get(base + signed.replace("format=webp", "format=png"))[0] == 403  # other parameters
+        assert get(base + sign("/v1/images/a.png", None, "old-token", ttl_s=-5))[0] == 403  # expired
+        assert get(base + sign("/v1/images/a.png", None, "forged"))[0] == 403
+        assert "token" not in get(base + sign("/v1/images/a.png", None, "forged"))[2].decode().replace(
+            "bearer token", "")
+    finally:
+        serve.delete("auth")
+
+
 def test_irn_batch_serve_prints_its_url_and_answers(archive, tiny_ckpt_path, test_env):
     """The one-command way, as a user runs it: its own embedded Ray, the URL on one line, Ctrl-C stops it."""
     root, _ = archive

@@ -30,6 +30,13 @@ def run(args: argparse.Namespace) -> int:
                           require_file=args.config is not None)
     except (ValueError, FileNotFoundError) as e:
         raise UserError(args.config, str(e).splitlines()[0]) from None
+    from irn_batch.serve.auth import TOKENS_ENV, tokens_from_env
+
+    if not tokens_from_env():
+        if args.host not in ("127.0.0.1", "localhost", "::1"):
+            raise UserError("--host", f"{args.host} would open the archive to other machines without tokens; set "
+                                      f"{TOKENS_ENV} (comma-separated bearer tokens) or keep 127.0.0.1")
+        print(f"no {TOKENS_ENV} set: open to this machine only ({args.host})", file=sys.stderr)
     init_ray(RayConfig())
     from ray import serve
 

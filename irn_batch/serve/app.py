@@ -57,6 +57,8 @@ class ServeConfig:
     max_ongoing_requests: int = 4
     max_queued_requests: int = 32
     max_page: int = 1000  # keys per /v1/images page
+    cache_bytes: int = 256 * 1024 * 1024  # per replica, in memory (0: none)
+    cache_prefix: Optional[str] = None  # a shared cache on any fsspec store, kept across restarts
     max_input_bytes: int = 64 * 1024 * 1024  # an LR file
     storage: StorageConfig = field(default_factory=StorageConfig)
 
@@ -74,10 +76,18 @@ class RestoreService:
     def __init__(self, cfg: ServeConfig):
         from irn_batch.serve.index import ImageIndex
 
+        from irn_batch.serve.auth import tokens_from_env
+        from irn_batch.serve.cache import MemoryCache, PrefixCache
+
         self.cfg = cfg
         self.index = ImageIndex(cfg.restore_config())
         self.models: dict[str | None, Any] = {}
         self.restores = 0
+        self.cache = MemoryCache(cfg.cache_bytes)
+        if cfg.cache_prefix is not None:
+            _refuse_cache_in_archive(cfg)
+        self.shared = None if cfg.cache_prefix is None else PrefixCache(cfg.cache_prefix, cfg.storage)
+        self.tokens = tokens_from_env()
         log.info("irn_batch serve: %d keys from %s", len(self.index), cfg.input)
 
     # --- models and bytes ---------------------------------------------------------------------------------
@@ -146,14 +156,22 @@ class RestoreService:
         try:
             return self.route(request)
         except HTTPError as e:
-            return Response(json.dumps({"error": str(e)}), status_code=e.status, media_type="application/json")
+            return Response(json.dumps({"error": str(e)}), status_code=e.status, media_type="application/json",
+                            headers=e.headers)
 
     def route(self, request):
+        from irn_batch.serve.auth import check
+
         path = http.relative_path(request)
+        denied = check(self.tokens, path, request.headers, list(request.query_params.multi_items()))
+        if denied is not None:
+            raise HTTPError(*denied, headers={"WWW-Authenticate": "Bearer"} if denied[0] == 401 else None)
         if request.method not in ("GET", "HEAD"):
             raise HTTPError(405, f"{request.method} is not supported (GET or HEAD)")
         if path == "/healthz":
-            return http.json_response({"status": "ok", "keys": len(self.index), "restores": self.restores})
+            return http.json_response({"status": "ok", "keys": len(self.index), "restores": self.restores,
+                                       "cache_hits": self.cache.hits, "cache_bytes": self.cache.size,
+                                       "auth": bool(self.tokens)})
         if path == "/v1/images":
             return http.list_page(self, request)
         for route, handler in (("/v1/thumbnails/", http.thumbnail), ("/v1/images/", http.image)):
@@ -161,11 +179,40 @@ class RestoreService:
                 return handler(self, request, path[len(route):])
         raise HTTPError(404, f"{path}: no such route")
 
+    def cached(self, etag: str) -> tuple[bytes, str] | None:
+        """A response kept under ``etag``: this replica's memory, else the shared prefix (then kept in memory)."""
+        if not etag:
+            return None
+        hit = self.cache.get(etag)
+        if hit is None and self.shared is not None:
+            hit = self.shared.get(etag)
+            if hit is not None:
+                self.cache.put(etag, *hit)
+        return hit
+
+    def keep(self, etag: str, data: bytes, media_type: str) -> None:
+        if etag:
+            self.cache.put(etag, data, media_type)
+            if self.shared is not None:
+                self.shared.put(etag, data, media_type)
+
     def lookup(self, key: str) -> dict[str, Any]:
         item = self.index.item(key)
         if item is None:
             raise HTTPError(404, f"{key}: no such image in {self.cfg.input}")
         return item
+
+
+def _refuse_cache_in_archive(cfg: ServeConfig) -> None:
+    """ValueError when the shared cache prefix is, is inside or contains the archive it serves."""
+    from irn_batch.pipeline import locate
+    from irn_batch.storage import open_fs, to_uri
+
+    (fs_c, cache), (fs_a, archive) = open_fs(cfg.cache_prefix, cfg.storage), open_fs(cfg.input, cfg.storage)
+    where = locate.overlap(to_uri(fs_c, cache), to_uri(fs_a, archive))
+    if where is not None:
+        raise ValueError(f"cache_prefix {cfg.cache_prefix} {where} the archive it serves ({cfg.input}); "
+                         "choose a prefix outside it")
 
 
 def deployment(cfg: ServeConfig):

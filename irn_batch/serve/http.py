@@ -24,9 +24,9 @@ INFO_COLUMNS = ("key", "lr_sha256", "model_id", "width", "height", "fell_back", 
 class HTTPError(Exception):
     """A request that ends with ``status`` and the JSON body ``{"error": message}``."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status = status
+        self.status, self.headers = status, headers
 
 
 def container_for(fmt: str) -> str:
@@ -134,8 +134,13 @@ def image(service, request, rest: str):
     vary = "format" not in request.query_params
     if etag and etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
         return _body(request, b"", "", etag, vary)
+    hit = service.cached(etag)
+    if hit is not None:
+        return _body(request, hit[0], hit[1], etag, vary)
     data, container = service.restore(item, fmt, quality)
-    return _body(request, data, CONTENT_TYPE.get(container, "application/octet-stream"), etag, vary)
+    media_type = CONTENT_TYPE.get(container, "application/octet-stream")
+    service.keep(etag, data, media_type)
+    return _body(request, data, media_type, etag, vary)
 
 
 def info(service, item: dict[str, Any]):
