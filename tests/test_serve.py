@@ -172,6 +172,43 @@ def test_an_lr_whose_pixels_changed_is_never_restored(archive, service):
     assert "pixels changed since ingest" in json.loads(body)["error"]
 
 
+def test_resized_views_fit_within_and_come_from_the_lr_when_small_enough(service):
+    base, _ = service
+    before = _health(base)["restores"]
+    status, headers, body = get(url_of(base, "a.png", query="width=10"))  # 30x24, LR 15x12
+    assert status == 200 and headers["content-type"] == "image/png"
+    assert decode_image(body).width == 10 and decode_image(body).height == 8
+    assert _health(base)["restores"] == before  # from the LR: the network did not run
+    status, headers, body = get(url_of(base, "a.png", query="height=20&format=webp"))
+    assert status == 200 and (decode_image(body).width, decode_image(body).height) == (25, 20)
+    assert _health(base)["restores"] == before + 1  # larger than the LR: from the restore
+    etag = headers["etag"]
+    assert get(url_of(base, "a.png", query="height=20&format=webp"), {"If-None-Match": etag})[0] == 304
+    assert etag != get(url_of(base, "a.png", query="height=21&format=webp"))[1]["etag"]
+    full = get(url_of(base, "a.png"))[2]
+    assert get(url_of(base, "a.png", query="width=1000"))[2] == full  # never enlarged: the full image
+    for query, words in (("width=0", "width must be within 1..16384"), ("height=99999", "height must be within")):
+        status, _, body = get(url_of(base, "a.png", query=query))
+        assert status == 400 and words in json.loads(body)["error"]
+
+
+def test_the_restored_pixel_limit_is_a_400_naming_it(archive, service, tiny_ckpt_path):
+    from ray import serve
+
+    from irn_batch.serve.app import ServeConfig, run_app
+
+    root, _ = archive
+    port = int(service[0].rsplit(":", 1)[1])
+    small = run_app(ServeConfig(input=str(root / "lr"), model=str(tiny_ckpt_path), num_cpus=0.5,
+                                max_restore_pixels=500), port=port, name="small", route_prefix="/small")
+    try:
+        status, _, body = get(url_of(small, "a.png"))
+        assert status == 400 and "over the service's limit of 500 restored pixels" in json.loads(body)["error"]
+        assert get(url_of(small, "a.png", "thumbnails"))[0] == 200  # the LR itself needs no restore
+    finally:
+        serve.delete("small")
+
+
 def _health(base: str) -> dict:
     return json.loads(get(f"{base}/healthz")[2])
 

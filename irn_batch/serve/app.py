@@ -60,6 +60,7 @@ class ServeConfig:
     cache_bytes: int = 256 * 1024 * 1024  # per replica, in memory (0: none)
     cache_prefix: Optional[str] = None  # a shared cache on any fsspec store, kept across restarts
     max_input_bytes: int = 64 * 1024 * 1024  # an LR file
+    max_restore_pixels: int = 100_000_000  # an HR image restored for a request (400 above)
     storage: StorageConfig = field(default_factory=StorageConfig)
 
     def restore_config(self, fmt: str = "source", quality: int | None = None) -> RestoreConfig:
@@ -124,6 +125,9 @@ class RestoreService:
         from irn_batch.pipeline.hr_output import RestoreOptions, StageError, restore_lr
         from irn_batch.pipeline.restore import output_encoding
 
+        if item["width"] and item["width"] * item["height"] > self.cfg.max_restore_pixels:
+            raise HTTPError(400, f"{item['key']}: {item['width']}x{item['height']} is over the service's limit of "
+                                 f"{self.cfg.max_restore_pixels} restored pixels (max_restore_pixels)")
         rc = self.cfg.restore_config(fmt, quality)
         opts = RestoreOptions(output_encoding(rc), rc.temperature, rc.actors.tile, rc.actors.precision, rc.storage)
         data = self._lr_bytes(item)

@@ -16,6 +16,7 @@ FORMATS = ("source", *LR_CONTAINERS)
 IMMUTABLE = "public, max-age=31536000, immutable"
 
 MAX_QUALITY_PARAM = 100
+MAX_SIDE_PARAM = 16384  # width= / height=
 # item columns shown by /info: what the image is, never where storage lives or how it is reached
 INFO_COLUMNS = ("key", "lr_sha256", "model_id", "width", "height", "fell_back", "out_container", "grey",
                 "bit_depth", "colour", "source_bytes", "source_lossless", "lr_pixels_sha256")
@@ -132,6 +133,11 @@ def image(service, request, rest: str):
     quality = _int_param(request, "quality", 1, MAX_QUALITY_PARAM)
     etag = service.etag(item, fmt, quality)
     vary = "format" not in request.query_params
+    box = (_int_param(request, "width", 1, MAX_SIDE_PARAM), _int_param(request, "height", 1, MAX_SIDE_PARAM))
+    if any(box):
+        view = _view(service, request, item, fmt, quality, box, etag, vary)
+        if view is not None:
+            return view
     if etag and etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
         return _body(request, b"", "", etag, vary)
     hit = service.cached(etag)
@@ -139,6 +145,44 @@ def image(service, request, rest: str):
         return _body(request, hit[0], hit[1], etag, vary)
     data, container = service.restore(item, fmt, quality)
     media_type = CONTENT_TYPE.get(container, "application/octet-stream")
+    service.keep(etag, data, media_type)
+    return _body(request, data, media_type, etag, vary)
+
+
+def _view(service, request, item: dict[str, Any], fmt: str, quality: int | None, box, etag: str, vary: bool):
+    """A resized view (``width=``/``height=``), or None when the box does not shrink the image (then the
+    full image answers): from the LR when no larger than it, else from the full restore."""
+    import hashlib
+
+    from irn_batch.io.container import ContainerError, Encoding
+    from irn_batch.serve.resize import fit_within, resized
+
+    lr = service._lr_bytes(item)
+    if item["width"] is None:  # a bare LR prefix: the LR records the size
+        meta = read_lr_meta(lr)
+        item = {**item, "width": meta.width, "height": meta.height}
+    size = fit_within(item["width"], item["height"], *box)
+    if size == (item["width"], item["height"]):
+        return None
+    etag = f'"{hashlib.sha256(f"{etag}|{size[0]}x{size[1]}".encode()).hexdigest()[:40]}"' if etag else ""
+    if etag and etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+        return _body(request, b"", "", etag, vary)
+    hit = service.cached(etag)
+    if hit is not None:
+        return _body(request, hit[0], hit[1], etag, vary)
+    own = item["out_container"] or container_of(lr) or "png"
+    try:
+        enc = Encoding(own if fmt == "source" else fmt, quality)
+    except ContainerError as e:
+        raise HTTPError(400, str(e)) from None
+    scale = 1 if item["fell_back"] else read_lr_meta(lr).scale
+    from_lr = item["fell_back"] or (size[0] <= -(-item["width"] // scale) and size[1] <= -(-item["height"] // scale))
+    source = lr if from_lr else service.restore(item, "png", None)[0]
+    try:
+        data = resized(source, size, enc, bool(item["grey"]))
+    except ContainerError as e:
+        raise HTTPError(400, f"{item['key']}: {e}") from None
+    media_type = CONTENT_TYPE[enc.container]
     service.keep(etag, data, media_type)
     return _body(request, data, media_type, etag, vary)
 
