@@ -323,3 +323,35 @@ def test_the_shipped_serve_configs_are_valid_settings():
         build_app(app["args"])  # binds the deployment without starting it
     with pytest.raises(ValueError, match="secret_access_key"):
         build_app({"input": "s3://x/lr", "storage": {"secret_access_key": "abc"}})
+
+
+def test_the_index_picks_up_a_later_ingest_into_the_same_output(tmp_path, ray_session, service, tiny_ckpt_path):
+    import time
+
+    from ray import serve
+
+    from irn_batch.serve.app import ServeConfig, run_app
+
+    raw, out = tmp_path / "raw", tmp_path / "lr"
+    raw.mkdir()
+    (raw / "first.png").write_bytes(png_bytes(smooth_image(20, 24, seed=60)))
+    # half a CPU: the apps of this module hold the rest of the test Ray's two
+    common = [f"input={raw}", f"output={out}", f"model={tiny_ckpt_path}", "actors.pool_size=1",
+              "actors.num_cpus=0.5"]
+    run_ingest(load_config(IngestConfig, None, common))
+    port = int(service[0].rsplit(":", 1)[1])
+    # no CPU reserved: the ingest below needs a whole one of the test Ray's two for its planning task
+    base = run_app(ServeConfig(input=str(out), model=str(tiny_ckpt_path), num_cpus=0, refresh_s=0.5), port=port,
+                   name="refresh", route_prefix="/refresh")
+    try:
+        assert json.loads(get(f"{base}/v1/images")[2])["keys"] == ["first.png"]
+        (raw / "second.png").write_bytes(png_bytes(smooth_image(22, 26, seed=61)))
+        run_ingest(load_config(IngestConfig, None, common))  # a new manifest part
+        deadline = time.monotonic() + 60
+        while json.loads(get(f"{base}/v1/images")[2])["keys"] != ["first.png", "second.png"]:
+            assert time.monotonic() < deadline, "the index never saw the second ingest"
+            assert get(url_of(base, "first.png"))[0] == 200  # served throughout
+            time.sleep(0.5)
+        assert decode_image(get(url_of(base, "second.png"))[2]).width == 26
+    finally:
+        serve.delete("refresh")

@@ -50,7 +50,7 @@ class RestoreError(ValueError):
 
 
 
-def _manifest_path(fs, path: str) -> str | None:
+def manifest_path(fs, path: str) -> str | None:
     """The manifest behind ``path``: a Parquet file, a folder of parts, or an ingest output's _manifest."""
     if fs.isfile(path):
         return path if path.endswith(".parquet") else None
@@ -90,7 +90,7 @@ def plan_items(cfg: RestoreConfig, fixed: Encoding | None) -> Plan:
     if not fs_in.exists(in_path):
         raise RestoreError(f"{cfg.input}: no such manifest or prefix")
     manifest_dir = cfg.manifest or to_uri(fs_out, f"{out_path.rstrip('/')}/{MANIFEST_DIR}")
-    mpath = _manifest_path(fs_in, in_path)
+    mpath = manifest_path(fs_in, in_path)
     protected = [("the input", to_uri(fs_in, in_path))]
     if mpath is not None:
         table = read_manifest(fs_in, mpath, columns=["source_uri", "status", "finished_at", "lr_key", *PLAN_COLUMNS])

@@ -26,6 +26,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -61,6 +63,7 @@ class ServeConfig:
     cache_prefix: Optional[str] = None  # a shared cache on any fsspec store, kept across restarts
     max_input_bytes: int = 64 * 1024 * 1024  # an LR file
     max_restore_pixels: int = 100_000_000  # an HR image restored for a request (400 above)
+    refresh_s: float = 30.0  # how often a replica looks for new manifest parts (0: never)
     storage: StorageConfig = field(default_factory=StorageConfig)
 
     def restore_config(self, fmt: str = "source", quality: int | None = None) -> RestoreConfig:
@@ -89,7 +92,23 @@ class RestoreService:
             _refuse_cache_in_archive(cfg)
         self.shared = None if cfg.cache_prefix is None else PrefixCache(cfg.cache_prefix, cfg.storage)
         self.tokens = tokens_from_env()
+        if cfg.refresh_s > 0 and self.index.version is not None:
+            threading.Thread(target=self._refresh, name="irn_batch_index_refresh", daemon=True).start()
         log.info("irn_batch serve: %d keys from %s", len(self.index), cfg.input)
+
+    def _refresh(self) -> None:
+        """Rebuild the index when the ingest manifest gains parts; requests use the old one until the new
+        one is complete (one reference swap), so none is dropped."""
+        from irn_batch.serve.index import ImageIndex, manifest_version
+
+        while True:
+            time.sleep(self.cfg.refresh_s)
+            try:
+                if manifest_version(self.cfg.restore_config()) != self.index.version:
+                    self.index = ImageIndex(self.cfg.restore_config())
+                    log.info("irn_batch serve: index refreshed, %d keys", len(self.index))
+            except Exception as e:  # a store fault: keep serving the index we have, try again later
+                log.warning("irn_batch serve: index refresh failed (%s)", type(e).__name__)
 
     # --- models and bytes ---------------------------------------------------------------------------------
     def _model(self, item: dict[str, Any]):

@@ -19,7 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from irn_batch.pipeline.config import RestoreConfig
-from irn_batch.pipeline.restore_plan import ITEM_SCHEMA, items_for, plan_items
+from irn_batch.pipeline.restore_plan import ITEM_SCHEMA, items_for, manifest_path, plan_items
+from irn_batch.storage import open_fs
 
 
 class ImageIndex:
@@ -30,6 +31,7 @@ class ImageIndex:
     """
 
     def __init__(self, cfg: RestoreConfig):
+        self.version = manifest_version(cfg)
         with tempfile.TemporaryDirectory(prefix="irn_batch_serve_") as nowhere:  # a restore that writes nothing
             plan = plan_items(replace(cfg, output=nowhere, manifest=None, format="source", keys=None), None)
         items = items_for(plan.items, None, "", "")
@@ -60,3 +62,15 @@ class ImageIndex:
                 break
             out.append(key)
         return out
+
+
+def manifest_version(cfg: RestoreConfig) -> tuple[str, ...] | None:
+    """The names and sizes of the ingest manifest's parts under ``cfg.input`` (None for an LR prefix
+    without a manifest): a new part (a later ingest into the same output) changes it."""
+    fs, path = open_fs(cfg.input, cfg.storage)
+    mpath = manifest_path(fs, path)
+    if mpath is None:
+        return None
+    if fs.isfile(mpath):
+        return (f"{mpath}:{fs.size(mpath)}",)
+    return tuple(sorted(f"{p['name']}:{p.get('size')}" for p in fs.ls(mpath, detail=True)))
