@@ -78,10 +78,9 @@ class RestoreService:
     """One replica: the index of ``cfg.input`` and the models, loaded once; a request restores one image."""
 
     def __init__(self, cfg: ServeConfig):
-        from irn_batch.serve.index import ImageIndex
-
         from irn_batch.serve.auth import tokens_from_env
         from irn_batch.serve.cache import MemoryCache, PrefixCache
+        from irn_batch.serve.index import ImageIndex
 
         self.cfg = cfg
         self.index = ImageIndex(cfg.restore_config())
@@ -128,7 +127,8 @@ class RestoreService:
                                  f"restores with {ckpt.model_id}")
         return ckpt
 
-    def _lr_bytes(self, item: dict[str, Any]) -> bytes:
+    def lr_bytes(self, item: dict[str, Any]) -> bytes:
+        """The stored LR of ``item`` (at most ``max_input_bytes``): 500 when it is gone, 502 on a store fault."""
         from irn_batch.storage import open_uri, read_limited
 
         try:
@@ -149,7 +149,7 @@ class RestoreService:
                                  f"{self.cfg.max_restore_pixels} restored pixels (max_restore_pixels)")
         rc = self.cfg.restore_config(fmt, quality)
         opts = RestoreOptions(output_encoding(rc), rc.temperature, rc.actors.tile, rc.actors.precision, rc.storage)
-        data = self._lr_bytes(item)
+        data = self.lr_bytes(item)
         try:
             out = restore_lr(self._model(item), item, data, opts)
         except StorageError as e:  # the LR's bytes and pixels no longer match the manifest: never restored

@@ -100,7 +100,7 @@ def _body(request, data: bytes, media_type: str, etag: str, vary: bool = False):
 def thumbnail(service, request, key: str):
     """``GET /v1/thumbnails/{key}``: the stored LR file, byte for byte, with its own content type."""
     item = service.lookup(key)
-    data = service._lr_bytes(item)
+    data = service.lr_bytes(item)
     container = container_of(data) or "png"
     return _body(request, data, CONTENT_TYPE.get(container, "application/octet-stream"),
                  f'"{item["lr_sha256"][:40]}"' if item["lr_sha256"] else "")
@@ -157,7 +157,7 @@ def _view(service, request, item: dict[str, Any], fmt: str, quality: int | None,
     from irn_batch.io.container import ContainerError, Encoding
     from irn_batch.serve.resize import fit_within, resized
 
-    lr = service._lr_bytes(item)
+    lr = service.lr_bytes(item)
     if item["width"] is None:  # a bare LR prefix: the LR records the size
         meta = read_lr_meta(lr)
         item = {**item, "width": meta.width, "height": meta.height}
@@ -191,7 +191,7 @@ def info(service, item: dict[str, Any]):
     """``GET /v1/images/{key}/info``: what the image is (manifest columns) and what its LR records."""
     body = {c: item[c] for c in INFO_COLUMNS}
     try:
-        body["lr"] = vars(read_lr_meta(service._lr_bytes(item)))
+        body["lr"] = vars(read_lr_meta(service.lr_bytes(item)))
     except ValueError as e:  # an LR a tool stripped: the manifest's record still answers
         body["lr"] = {"error": str(e)}
     return json_response(body)
