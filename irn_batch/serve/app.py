@@ -74,6 +74,27 @@ class ServeConfig:
                                                                       tile=self.tile, precision=self.precision))
 
 
+class Metrics:
+    """The replica's Ray metrics (exported with Ray's own, for Prometheus): requests by status class,
+    latency (s), restores (the network ran) and cache hits."""
+
+    LATENCY_BOUNDS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
+
+    def __init__(self):
+        from ray.util import metrics
+
+        self.requests = metrics.Counter("irn_batch_serve_requests", "HTTP requests answered, by status class",
+                                        tag_keys=("status",))
+        self.latency = metrics.Histogram("irn_batch_serve_latency_s", "time to answer a request (s)",
+                                         boundaries=self.LATENCY_BOUNDS_S)
+        self.restores = metrics.Counter("irn_batch_serve_restores", "requests that ran the network")
+        self.cache_hits = metrics.Counter("irn_batch_serve_cache_hits", "answers from the cache")
+
+    def request(self, status: int, seconds: float) -> None:
+        self.requests.inc(tags={"status": f"{status // 100}xx"})
+        self.latency.observe(seconds)
+
+
 class RestoreService:
     """One replica: the index of ``cfg.input`` and the models, loaded once; a request restores one image."""
 
@@ -91,6 +112,7 @@ class RestoreService:
             _refuse_cache_in_archive(cfg)
         self.shared = None if cfg.cache_prefix is None else PrefixCache(cfg.cache_prefix, cfg.storage)
         self.tokens = tokens_from_env()
+        self.metrics = Metrics()
         if cfg.refresh_s > 0 and self.index.version is not None:
             threading.Thread(target=self._refresh, name="irn_batch_index_refresh", daemon=True).start()
         log.info("irn_batch serve: %d keys from %s", len(self.index), cfg.input)
@@ -158,6 +180,7 @@ class RestoreService:
         except StageError as e:
             raise HTTPError(500, f"{item['key']}: {e}") from None
         self.restores += 1
+        self.metrics.restores.inc()
         container = out.fields.get("format")
         return out.data, container if container in CONTENT_TYPE else (container_of(out.data) or "png")
 
@@ -176,11 +199,14 @@ class RestoreService:
     async def __call__(self, request):
         from starlette.responses import Response
 
+        t0 = time.perf_counter()
         try:
-            return self.route(request)
+            response = self.route(request)
         except HTTPError as e:
-            return Response(json.dumps({"error": str(e)}), status_code=e.status, media_type="application/json",
-                            headers=e.headers)
+            response = Response(json.dumps({"error": str(e)}), status_code=e.status, media_type="application/json",
+                                headers=e.headers)
+        self.metrics.request(response.status_code, time.perf_counter() - t0)
+        return response
 
     def route(self, request):
         from irn_batch.serve.auth import check
@@ -211,6 +237,8 @@ class RestoreService:
             hit = self.shared.get(etag)
             if hit is not None:
                 self.cache.put(etag, *hit)
+        if hit is not None:
+            self.metrics.cache_hits.inc()
         return hit
 
     def keep(self, etag: str, data: bytes, media_type: str) -> None:
