@@ -80,6 +80,11 @@ def list_page(service, request):
     return json_response({"keys": keys, "next": keys[-1] if len(keys) == limit else None})
 
 
+def _not_modified(request, etag: str) -> bool:
+    """Whether ``If-None-Match`` names ``etag`` (a response without an ETag is never "not modified")."""
+    return bool(etag) and etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]
+
+
 def _body(request, data: bytes, media_type: str, etag: str, vary: bool = False):
     """The response for ``data``, or 304 when ``If-None-Match`` names ``etag``; no body for ``HEAD``."""
     from starlette.responses import Response
@@ -89,7 +94,7 @@ def _body(request, data: bytes, media_type: str, etag: str, vary: bool = False):
         headers["ETag"] = etag
     if vary:
         headers["Vary"] = "Accept"
-    if etag and etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+    if _not_modified(request, etag):
         return Response(status_code=304, headers=headers)
     if request.method == "HEAD":
         headers["Content-Length"] = str(len(data))
@@ -138,7 +143,7 @@ def image(service, request, rest: str):
         view = _view(service, request, item, fmt, quality, box, etag, vary)
         if view is not None:
             return view
-    if etag and etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+    if _not_modified(request, etag):
         return _body(request, b"", "", etag, vary)
     hit = service.cached(etag)
     if hit is not None:
@@ -157,19 +162,21 @@ def _view(service, request, item: dict[str, Any], fmt: str, quality: int | None,
     from irn_batch.io.container import ContainerError, Encoding
     from irn_batch.serve.resize import fit_within, resized
 
-    lr = service.lr_bytes(item)
+    lr = None
     if item["width"] is None:  # a bare LR prefix: the LR records the size
+        lr = service.lr_bytes(item)
         meta = read_lr_meta(lr)
         item = {**item, "width": meta.width, "height": meta.height}
     size = fit_within(item["width"], item["height"], *box)
     if size == (item["width"], item["height"]):
         return None
     etag = f'"{hashlib.sha256(f"{etag}|{size[0]}x{size[1]}".encode()).hexdigest()[:40]}"' if etag else ""
-    if etag and etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+    if _not_modified(request, etag):
         return _body(request, b"", "", etag, vary)
     hit = service.cached(etag)
     if hit is not None:
         return _body(request, hit[0], hit[1], etag, vary)
+    lr = lr if lr is not None else service.lr_bytes(item)  # read only when the view must be made
     own = item["out_container"] or container_of(lr) or "png"
     try:
         enc = Encoding(own if fmt == "source" else fmt, quality)
